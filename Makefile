@@ -1,0 +1,46 @@
+# poppins: the build, documented as targets.
+#   make demo    bootstrap the example train.xml and run the pipeline on it
+#   make test    install what is needed, build the extensions, run the test suite
+#   make bench   speed against the named peers (pytest-benchmark; ratios in one run)
+#   make build   (re)build the compiled extensions in place (incremental)
+#   make clean   remove build outputs
+# Knobs: PYTHON=python3.x, POPPINS_NO_OPENMP=1 (build without OpenMP),
+#        POPPINS_NO_EXT=1 (run on the pure-Python/NumPy references).
+
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+STAMP = build/.deps-installed
+DEMO_DIR ?= demo
+
+.PHONY: install build test bench demo clean test-arm info
+
+$(STAMP): pyproject.toml setup.py
+	$(PIP) install -q --disable-pip-version-check "setuptools>=64" wheel "Cython>=3" "numpy>=1.24"
+	$(PIP) install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+	@mkdir -p build && touch $(STAMP)
+
+install: $(STAMP)
+
+build: $(STAMP)
+	$(PYTHON) setup.py -q build_ext --inplace
+
+test: build
+	$(PYTHON) -m pytest -q tests
+
+bench: build
+	$(PYTHON) -m pytest -q bench --benchmark-only --benchmark-columns=min,median,mean,rounds
+
+demo: build
+	$(PYTHON) -m poppins bootstrap -o $(DEMO_DIR) --force
+	$(PYTHON) -m poppins train -i $(DEMO_DIR)/train.xml -o $(DEMO_DIR)/.poppins --data-only
+
+info: build
+	$(PYTHON) -m poppins info
+
+test-arm:
+	bash scripts/test_arm.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .benchmarks $(DEMO_DIR)
+	find poppins -name '*.so' -delete
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

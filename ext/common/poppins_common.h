@@ -1,0 +1,31 @@
+/* Shared helpers for poppins' C kernels: build facts and OpenMP glue.
+ *
+ * Every extension module reports how it was built through poppins_build_openmp(), so
+ * poppins.backend_info() can tell whether OpenMP is really compiled in. */
+#ifndef POPPINS_COMMON_H
+#define POPPINS_COMMON_H
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static inline int poppins_build_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Clamp a requested thread count to something sane (>= 1). Kernels take the count as an
+ * explicit argument decided by poppins.threads; they never read the environment. */
+static inline int poppins_threads(int requested) {
+#ifdef _OPENMP
+    return requested > 0 ? requested : 1;
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+#endif
