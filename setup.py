@@ -14,6 +14,8 @@ A variant is compiled only when the compiler accepts its flags (probed once), an
 extension then gets ``-DPOPPINS_HAVE_<ISA>=1`` so its dispatcher knows the variant exists;
 which one runs is decided at import time from the CPU's features.
 
+``POPPINS_ONLY=bpe,ops`` builds only the named families (handy while working on one).
+
 OpenMP is used when the compiler supports it (``-fopenmp``); set ``POPPINS_NO_OPENMP=1`` to
 build without it.  The build never fails for lack of OpenMP or of a SIMD variant; the
 portable scalar path is always there, and the package falls back to its NumPy/Python
@@ -132,9 +134,12 @@ def _isa_of(path: str) -> str | None:
 def _extensions() -> list[Extension]:
     import numpy
 
+    only = {f.strip() for f in os.environ.get("POPPINS_ONLY", "").split(",") if f.strip()}
     exts = []
     for pyx in sorted(EXT_DIR.glob("*/_*.pyx")):
         family = pyx.parent
+        if only and family.name not in only:
+            continue
         c_files = sorted(str(p.relative_to(ROOT)) for p in family.glob("*.c")
                          if not p.name.startswith("_"))
         plain = [c for c in c_files if _isa_of(c) is None]
