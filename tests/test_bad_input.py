@@ -1,0 +1,274 @@
+"""Every kind of bad train.xml gives FILE:LINE messages, exit code 2, no traceback, and leaves
+a previous output folder untouched."""
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from poppins.cli import main
+
+GOOD = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<train>
+  <prompts>
+    <prompt id="pr::one">What is a cat?</prompt>
+  </prompts>
+  <responses>
+    <response id="re::one">A small animal.</response>
+  </responses>
+  <samples>
+    <sample-ids prompt="pr::one" response="re::one"/>
+  </samples>
+</train>
+"""
+
+
+def run_train(path: Path, out: Path, capsys, *extra: str):
+    code = main(["train", "-i", str(path), "-o", str(out), "--data-only", *extra])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.fixture
+def good_output(tmp_path, capsys):
+    """An output folder with a previous good data stage in it, and its files' bytes."""
+    good = tmp_path / "good.xml"
+    good.write_text(GOOD)
+    out = tmp_path / "out"
+    assert run_train(good, out, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    return out, before
+
+
+def expect_error(tmp_path, capsys, good_output, files: dict, line: int, pattern: str,
+                 main_name="train.xml", extra=()):
+    """Write ``files``, run the data stage, check exit 2 and a ``FILE:LINE: ...pattern`` line."""
+    for name, content in files.items():
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(textwrap.dedent(content), encoding="utf-8")
+    out, before = good_output
+    code, err = run_train(tmp_path / main_name, out, capsys, *extra)
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 21
+    regex = re.compile(rf"^(\S*?):{line}(:\d+)?: .*{pattern}", re.I)
+    assert any(regex.search(l) for l in lines), err
+    # the previous good output is untouched
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    return err
+
+
+def sample_file(body: str, extra_sections: str = "") -> str:
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<train>
+  <prompts>
+    <prompt id="pr::one">What is a cat?</prompt>
+  </prompts>
+  <responses>
+    <response id="re::one">A small animal.</response>
+  </responses>
+  <samples>
+    {body}
+  </samples>{extra_sections}
+</train>
+"""
+
+
+def test_malformed_xml(tmp_path, capsys, good_output):
+    expect_error(tmp_path, capsys, good_output,
+                 {"train.xml": "<train>\n  <prompts>\n    <prompt id='a'>hi</promt>\n</train>\n"},
+                 3, "malformed XML")
+
+
+def test_wrong_root(tmp_path, capsys, good_output):
+    expect_error(tmp_path, capsys, good_output,
+                 {"train.xml": '<?xml version="1.0"?>\n<training>\n</training>\n'},
+                 2, "root element is <training>, expected <train>")
+
+
+def test_unknown_element(tmp_path, capsys, good_output):
+    text = GOOD.replace("  <samples>", "  <sampels>\n  </sampels>\n  <samples>")
+    err = expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 9,
+                       r"unknown element <sampels> in <train> \(did you mean <samples>\?\)")
+
+
+def test_unknown_attribute(tmp_path, capsys, good_output):
+    text = sample_file('<sample-ids prompt="pr::one" respones="re::one"/>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 10,
+                 r"unknown attribute 'respones' on <sample-ids> \(did you mean response\?\)")
+
+
+def test_missing_id(tmp_path, capsys, good_output):
+    text = GOOD.replace('<response id="re::one">', "<response>")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 7,
+                 "missing the required attribute 'id'")
+
+
+def test_duplicate_id(tmp_path, capsys, good_output):
+    text = GOOD.replace('    <prompt id="pr::one">What is a cat?</prompt>\n',
+                        '    <prompt id="pr::one">What is a cat?</prompt>\n'
+                        '    <prompt id="pr::one">What is a dog?</prompt>\n')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 5,
+                 r"duplicate prompt id 'pr::one' \(first defined at .*train.xml:4\)")
+
+
+def test_unknown_reference(tmp_path, capsys, good_output):
+    text = sample_file('<sample-ids prompt="pr::one" response="re::nope"/>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 10,
+                 "references unknown response id 're::nope'")
+
+
+def test_missing_import(tmp_path, capsys, good_output):
+    text = GOOD.replace("<train>", '<train>\n  <imports>\n    <import path="nope.xml"/>\n  </imports>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 4,
+                 "imported file not found: .*nope.xml")
+
+
+def test_import_cycle(tmp_path, capsys, good_output):
+    main_text = GOOD.replace("<train>", '<train>\n  <imports>\n    <import path="a.xml"/>\n  </imports>')
+    a = '<?xml version="1.0"?>\n<train>\n  <imports>\n    <import path="train.xml"/>\n  </imports>\n</train>\n'
+    expect_error(tmp_path, capsys, good_output, {"train.xml": main_text, "a.xml": a}, 4,
+                 r"import cycle: .*train.xml -> .*a.xml -> .*train.xml")
+
+
+def test_unknown_code_lang(tmp_path, capsys, good_output):
+    text = sample_file('<sample-ids prompt="pr::one" response="re::one" code="co::x"/>',
+                       '\n  <code-snippets>\n    <code id="co::x" lang="python">print(1)</code>\n'
+                       '  </code-snippets>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 13,
+                 "unknown code lang 'python'")
+
+
+def test_phrase_does_not_compile(tmp_path, capsys, good_output):
+    text = sample_file('<sample-ids prompt="pr::one" response="re::one"/>',
+                       '\n  <phrases>\n    <phrase pattern="What (is">\n'
+                       '      <variant value="x"/>\n    </phrase>\n  </phrases>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 13,
+                 r"phrase pattern 'What \(is' does not compile")
+
+
+def test_phrase_variant_group_out_of_range(tmp_path, capsys, good_output):
+    text = sample_file('<sample-ids prompt="pr::one" response="re::one"/>',
+                       '\n  <phrases>\n    <phrase pattern="What is (.*)\\?">\n'
+                       '      <variant value="Define $2."/>\n    </phrase>\n  </phrases>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 14,
+                 r"uses \$2 but the pattern has 1 group")
+
+
+def test_slow_phrase_pattern_times_out(tmp_path, capsys, good_output):
+    text = sample_file('<sample-ids prompt="pr::one" response="re::one"/>',
+                       '\n  <phrases>\n    <phrase pattern="(a|aa)+$">\n'
+                       '      <variant value="x"/>\n    </phrase>\n  </phrases>')
+    text = text.replace("What is a cat?", "a" * 40 + "!")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 13, r"took over 1 s")
+
+
+def test_constant_wrong_type(tmp_path, capsys, good_output):
+    text = GOOD.replace("<train>", "<train>\n  <constants>\n    <learning-rate>fast</learning-rate>\n  </constants>")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 4,
+                 r"<learning-rate> must be a number, got 'fast'")
+
+
+def test_constant_out_of_range(tmp_path, capsys, good_output):
+    text = GOOD.replace("<train>", "<train>\n  <constants>\n    <learning-rate>-1</learning-rate>\n  </constants>")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 4,
+                 r"<learning-rate> must be between 0 and 10, got -1")
+
+
+def test_early_constant_wrong_type(tmp_path, capsys, good_output):
+    text = GOOD.replace("<train>", '<train>\n  <constants>\n    <constant key="bpe_min_merge_frequency" value="abc"/>\n  </constants>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 4,
+                 r"constant 'bpe_min_merge_frequency' must be a whole number, got 'abc'")
+
+
+def test_file_with_no_samples(tmp_path, capsys, good_output):
+    text = '<?xml version="1.0"?>\n<train>\n  <prompts>\n    <prompt id="p">Hi?</prompt>\n  </prompts>\n</train>\n'
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 2, "yields no samples")
+
+
+def test_undecodable_bytes(tmp_path, capsys, good_output):
+    data = GOOD.replace("A small animal.", "A small animal \udcff.").encode("utf-8", "surrogateescape")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": data}, 7, "malformed XML: .*encoding")
+
+
+def test_declared_encoding_is_honoured(tmp_path, capsys):
+    text = GOOD.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"').replace("A small animal.", "Un café.")
+    (tmp_path / "t.xml").write_bytes(text.encode("latin-1"))
+    code, err = run_train(tmp_path / "t.xml", tmp_path / "out", capsys)
+    assert code == 0, err
+    assert "Un café." in (tmp_path / "out" / "train_corpus.xml").read_text("utf-8")
+
+
+def test_file_over_size_limit(tmp_path, capsys, good_output):
+    text = GOOD.replace("A small animal.", "A small animal. " + "x" * 200_000)
+    err = expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 1, "size limit", extra=("--max-xml-mb", "0.1"))
+    assert "exceed the size limit of 0.1 MB" in err and "--max-xml-mb" in err
+
+
+def test_size_limit_counts_imports(tmp_path, capsys, good_output):
+    big = '<?xml version="1.0"?>\n<train>\n<!--' + "x" * 90_000 + "-->\n</train>\n"
+    text = GOOD.replace("<train>", '<train>\n  <imports>\n    <import path="big.xml"/>\n  </imports>')
+    err = expect_error(tmp_path, capsys, good_output, {"train.xml": text, "big.xml": big}, 4,
+                       "exceed the size limit", extra=("--max-xml-mb", "0.08"))
+
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE train [
+  <!ENTITY lol "lol">
+  <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+  <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+]>
+<train>
+  <prompts><prompt id="p">&lol2;</prompt></prompts>
+</train>
+"""
+
+
+def test_entity_expansion_refused(tmp_path, capsys, good_output):
+    expect_error(tmp_path, capsys, good_output, {"train.xml": BILLION_LAUGHS}, 2,
+                 "DOCTYPE declarations are not allowed")
+
+
+def test_external_entity_refused(tmp_path, capsys, good_output):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET")
+    text = (f'<?xml version="1.0"?>\n<!DOCTYPE train [<!ENTITY x SYSTEM "file://{secret}">]>\n'
+            '<train>\n  <prompts><prompt id="p">&x;</prompt></prompts>\n</train>\n')
+    err = expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 2,
+                       "DOCTYPE declarations are not allowed")
+    assert "TOP SECRET" not in err
+
+
+def test_missing_input_file(tmp_path, capsys):
+    code, err = run_train(tmp_path / "nope.xml", tmp_path / "out", capsys)
+    assert code == 2 and "file not found" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_problems_are_collected_up_to_twenty(tmp_path, capsys, good_output):
+    body = "\n    ".join(f'<sample-ids prompt="pr::nope{i}" response="re::one"/>' for i in range(30))
+    err = expect_error(tmp_path, capsys, good_output, {"train.xml": sample_file(body)}, 10,
+                       "references unknown prompt id 'pr::nope0'")
+    assert len(err.strip().splitlines()) == 21  # 20 problems and the note that it stopped
+    assert "stopped after 20 problems" in err
+
+
+def test_text_with_markup_is_an_error(tmp_path, capsys, good_output):
+    text = GOOD.replace("A small animal.", "A <b>small</b> animal.")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 7,
+                 r"must contain text only, found <b>")
+
+
+def test_bad_line_break_count(tmp_path, capsys, good_output):
+    body = '<sample>\n      <prompt id="pr::one"/>\n      <response id="re::one"/>\n      <line-break count="3"/>\n    </sample>'
+    expect_error(tmp_path, capsys, good_output, {"train.xml": sample_file(body)}, 13,
+                 "line-break count='3' must be 1 or 2")
