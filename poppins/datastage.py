@@ -1,4 +1,4 @@
-"""The data stage: train.xml -> samples -> corpus files in the output folder.
+"""The data stage: train.xml -> samples -> tokenizer -> corpus files in the output folder.
 
     python -m poppins train -i train.xml -o .poppins --data-only
 
@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 from ._version import __version__
 from .corpus import dump_samples_xml
+from .corpus import tokens as T
 from .errors import PoppinsError
 from .fileio import sha256_file
 from .samples import DEFAULT_SEED, SampleSet, build_samples
@@ -35,6 +36,8 @@ MANIFEST_VERSION = 1
 DATA_FILES = ("train_corpus.xml", "val_corpus.xml", "tokenizer.json", "tokenizer_config.json",
               "train_corpus.bin", "train_index.bin", "val_corpus.bin", "val_index.bin", MANIFEST)
 STAGING_PREFIX = ".staging-"
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_MIN_MERGE_FREQUENCY = 3
 
 
 @dataclass
@@ -56,6 +59,26 @@ def _human(n: int) -> str:
 
 def _constants_for_manifest(doc: TrainDoc) -> Dict:
     return {name: doc.constants[name].value for name in sorted(doc.constants)}
+
+
+def _train_tokenizer(doc: TrainDoc, sset: SampleSet):
+    from .tokenizer import Tokenizer
+
+    def const(name, default):
+        c = doc.constants.get(name)
+        return (c.value, c.loc) if c else (default, None)
+
+    requested, _ = const("bpe-requested-tokens", [])
+    requested = list(dict.fromkeys(requested))          # duplicates dropped, order kept
+    vocab_size, loc = const("bpe-vocab-size", DEFAULT_VOCAB_SIZE)
+    need = 125 + 256 + len(requested)
+    if vocab_size < need:
+        where = (loc.file, loc.line) if loc else (doc.files[0].display, 1)
+        raise PoppinsError(f"bpe-vocab-size {vocab_size} is too small: the 125 special tokens, "
+                           f"{len(requested)} requested tokens and 256 bytes need {need}", *where)
+    min_freq, _ = const("bpe-min-merge-frequency", DEFAULT_MIN_MERGE_FREQUENCY)
+    return Tokenizer.train(T.training_texts(sset.train), vocab_size=vocab_size,
+                           min_frequency=min_freq, requested_tokens=requested)
 
 
 def _write(path: Path, data) -> None:
@@ -146,6 +169,27 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
             f"val_corpus.xml {_human((staging / 'val_corpus.xml').stat().st_size)}"
             f"  [{time.perf_counter() - t2:.2f} s]")
 
+        t3 = time.perf_counter()
+        tok = _train_tokenizer(doc, sset)
+        tok.save(staging)
+        produced += ["tokenizer.json", "tokenizer_config.json"]
+        say(f"tokenizer {tok.vocab_size} ids: 125 special + {len(tok.requested_ids)} requested + "
+            f"256 bytes + {tok.num_merges} merges ({tok.backend})"
+            f"  [{time.perf_counter() - t3:.2f} s]")
+
+        t4 = time.perf_counter()
+        token_stats = {}
+        for split, samples in (("train", sset.train), ("val", sset.val)):
+            ids, index = T.encode_samples(samples, tok)
+            T.write_bins(staging / f"{split}_corpus.bin", staging / f"{split}_index.bin", ids, index)
+            produced += [f"{split}_corpus.bin", f"{split}_index.bin"]
+            token_stats[split] = {"tokens": int(len(ids)),
+                                  "longest_sample": int(index["count"].max()) if len(index) else 0}
+        longest = max(v["longest_sample"] for v in token_stats.values())
+        say(f"tokens   train {token_stats['train']['tokens']:,}, validation "
+            f"{token_stats['val']['tokens']:,}; longest sample {longest} tokens"
+            f"  [{time.perf_counter() - t4:.2f} s]")
+
         base = doc.files[0].path.parent
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -160,6 +204,11 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
                         "beyond_scope": sset.beyond_scope, "groups": len(sset.groups),
                         "train": len(sset.train), "val": len(sset.val)},
             "constants": _constants_for_manifest(doc),
+            "tokenizer": {"vocab_size": tok.vocab_size, "merges": tok.num_merges,
+                          "requested_tokens": list(tok.requested_tokens)},
+            "tokens": token_stats,
+            "corpus_format_version": T.CORPUS_FORMAT_VERSION,
+            "index_format_version": T.INDEX_FORMAT_VERSION,
             "default_system": sset.default_system,
             "sources": {i: {"url": d.url, "title": d.title}
                         for i, d in doc.definitions["source"].items()},

@@ -33,9 +33,17 @@ def ext_disabled() -> bool:
     return os.environ.get("POPPINS_NO_EXT", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _passive_openmp() -> None:
+    """Idle OpenMP threads sleep instead of spinning.  libgomp reads this once, when the first
+    extension loads it; on a busy machine (two cores, other work) spinning barriers make every
+    parallel region wait for a descheduled spinner, which costs 10x.  A user's own setting wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _import(family: str) -> Optional[Any]:
     if family in _cache:
         return _cache[family]
+    _passive_openmp()
     mod = None
     if ext_disabled():
         _reason[family] = "disabled by POPPINS_NO_EXT"

@@ -6,6 +6,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from lxml import etree
 
@@ -236,11 +237,9 @@ def test_swap_keeps_checkpoints_and_model_and_removes_staging(tmp_path):
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "step1.ckpt").write_bytes(b"ckpt")
     (out / "model.poppins").write_bytes(b"model")
-    (out / "train_corpus.bin").write_bytes(b"stale")       # not produced by this run: removed
     prepare_data(CURRENT, out, log=None)
     assert (out / "checkpoints" / "step1.ckpt").read_bytes() == b"ckpt"
     assert (out / "model.poppins").read_bytes() == b"model"
-    assert not (out / "train_corpus.bin").exists()
     assert not list(out.glob(".staging-*"))
 
 
@@ -248,3 +247,70 @@ def test_output_path_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(PoppinsError, match="not a folder"):
         prepare_data(CURRENT, tmp_path / "f", log=None)
+
+
+# -- token streams -------------------------------------------------------------------------------
+
+from poppins.corpus import tokens as T
+from poppins.special_tokens import SPECIAL_IDS, SPECIAL_TOKENS
+
+
+def test_bins_index_and_boundary(tmp_path):
+    p = write(tmp_path, """<train>
+  <prompts><prompt id="p">Is &lt;html&gt; a tag, and &lt;/sample&gt; too?</prompt></prompts>
+  <responses><response id="r">Yes: &lt;text&gt; stays text.</response></responses>
+  <sources><source id="s" url="https://example.org"/></sources>
+  <code-snippets><code id="c" lang="html"><![CDATA[<html></html>]]></code></code-snippets>
+  <samples>
+    <sample><prompt id="p"/><response id="r"/><source id="s"/><line-break count="2"/><code id="c" indent="2"/></sample>
+  </samples>
+  <thoughts><thought id="t">Think.</thought></thoughts>
+  <system-prompts><system id="y">Be brief.</system></system-prompts>
+</train>""")
+    text = p.read_text().replace('<sample><prompt id="p"/>', '<sample><system id="y"/><prompt id="p"/><thought id="t"/>')
+    p.write_text(text)
+    res = prepare_data(p, tmp_path / "out", log=None)
+    ids, index = T.read_bins(tmp_path / "out", "train")
+    assert len(index) == 1 and not ids.flags.writeable
+    off, count, boundary = (int(x) for x in index[0])
+    s = np.asarray(ids[off // 4: off // 4 + count])
+    names = [SPECIAL_TOKENS[i] if i < len(SPECIAL_TOKENS) else None for i in s.tolist()]
+    assert names[0] == "<sample>" and names[1] == "<system>"
+    assert names[boundary - 1] == "</prompt>" and names[boundary] == "<thought>"
+    assert names[-2:] == ["</ai>", "</sample>"]
+    structural = [n for n in names if n is not None]
+    assert structural == ["<sample>", "<system>", "</system>", "<prompt>", "<text>", "</text>",
+                          "</prompt>", "<thought>", "</thought>", "<ai>", "<text>", "</text>",
+                          "<source>", "</source>", '<line-break count="2" />', '<html indent="2">',
+                          "</html>", "</ai>", "</sample>"]
+    # user text with tag-like strings stayed text; it decodes back exactly
+    from poppins.tokenizer import Tokenizer
+    tok = Tokenizer.from_file(tmp_path / "out")
+    start = names.index("<prompt>") + 2
+    first_text = s[start:names.index("</text>", start)]
+    assert tok.decode(first_text) == "Is <html> a tag, and </sample> too?"
+    labels = T.segment_labels(s)
+    src = names.index("<source>")
+    assert labels[src] == T.SEG_RESPONSE and labels[src + 1] == T.SEG_SOURCE
+    code = names.index('<html indent="2">')
+    assert (labels[code:code + (names.index("</html>") - code) + 1] == T.SEG_CODE).all()
+    assert labels[-1] == T.SEG_RESPONSE
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["tokens"]["train"]["tokens"] == len(ids)
+
+
+def test_requested_tokens_are_one_id_in_the_bins(tmp_path):
+    res = prepare_data(CURRENT, tmp_path / "out", log=None)
+    from poppins.tokenizer import Tokenizer
+    tok = Tokenizer.from_file(tmp_path / "out")
+    rid = tok.token_to_id("python -m poppins")
+    ids, _ = T.read_bins(tmp_path / "out", "train")
+    assert rid is not None and int((np.asarray(ids) == rid).sum()) >= 1
+
+
+def test_truncated_bins_are_refused(tmp_path):
+    prepare_data(CURRENT, tmp_path / "out", log=None)
+    f = tmp_path / "out" / "train_corpus.bin"
+    f.write_bytes(f.read_bytes()[:-2])
+    with pytest.raises(PoppinsError, match="not whole records"):
+        T.read_bins(tmp_path / "out", "train")

@@ -35,7 +35,7 @@ def _min(lo, inclusive=True):
 def _between(lo, hi, hi_inclusive=True):
     def check(v):
         if v < lo or (v > hi if hi_inclusive else v >= hi):
-            return f"must be between {lo} and {hi}" + ("" if hi_inclusive else f" (excluded)")
+            return f"must be between {lo} and {hi}" + ("" if hi_inclusive else " (excluded)")
         return None
     return check
 
