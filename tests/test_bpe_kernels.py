@@ -52,8 +52,15 @@ def test_pretokenize_random_multiscript():
         assert bpe.pretokenize(b).tolist() == regex_ends(text), text
 
 
+#: Characters assigned in this Python's Unicode database.  Code points assigned later (or not
+#: at all) are classified by whatever Unicode version the installed `regex` has, which may be
+#: newer than the one the compiled tables were generated from; those are checked by
+#: test_pretokenize_every_code_point when the versions match.
+ASSIGNED = st.characters(exclude_categories=("Cn", "Cs"))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text())
+@given(st.text(ASSIGNED))
 def test_pretokenize_hypothesis(text):
     b = text.encode("utf-8")
     assert bpe.pretokenize(b).tolist() == regex_ends(text)
