@@ -15,7 +15,7 @@ DEMO_DIR ?= demo
 .PHONY: install build test bench demo clean test-arm info
 
 $(STAMP): pyproject.toml setup.py
-	$(PIP) install -q --disable-pip-version-check "setuptools>=70.1" wheel "Cython>=3" "numpy>=1.24"
+	$(PIP) install -q --disable-pip-version-check "setuptools>=77" wheel "Cython>=3" "numpy>=1.24"
 	$(PIP) install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
 	@mkdir -p build && touch $(STAMP)
 

@@ -69,6 +69,9 @@ class PoppinsBuildExt(build_ext):
 
     def _try_compile(self, source: str, flags: list[str], link: bool = False) -> bool:
         tmp = Path(tempfile.mkdtemp(prefix="poppins-probe-"))
+        saved = os.dup(2)   # a probe that fails is expected: keep the compiler's complaint quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
         try:
             src = tmp / "probe.c"
             src.write_text(source)
@@ -79,6 +82,9 @@ class PoppinsBuildExt(build_ext):
         except Exception:
             return False
         finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
             shutil.rmtree(tmp, ignore_errors=True)
 
     def build_extensions(self):
@@ -158,13 +164,17 @@ def _extensions() -> list[Extension]:
         return []
     from Cython.Build import cythonize
 
-    return cythonize(
+    simd_of = {e.name: e.simd_sources for e in exts}
+    out = cythonize(
         exts,
         build_dir="build/cython",
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
                              "cdivision": True, "initializedcheck": False},
         quiet=True,
     )
+    for e in out:   # cythonize returns new Extension objects without our attribute
+        e.simd_sources = simd_of.get(e.name, [])
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+/* Runtime dispatch, repacking, the threaded driver and per-token activation quantization.
+ *
+ * CPU features are detected once (tern_init(), called at module import); the Python layer
+ * picks a path (best, or the POPPINS_KERNEL override it read) and passes its id explicitly.
+ * Nothing here reads the environment.
+ *
+ * Threads: one OpenMP parallel region per call, rows split in contiguous static ranges (one
+ * range per thread, a multiple of 16 rows), no nested regions and no barriers inside the
+ * work, so a thread that has to wait for a busy core costs little.  poppins.native sets
+ * OMP_WAIT_POLICY=PASSIVE before the OpenMP runtime starts (unless the user set it) so idle
+ * workers sleep instead of spinning on a shared 2-core machine, and poppins.engine.kernels
+ * passes threads = 1 for products too small to be worth waking workers. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "poppins_common.h"
+#include "ternary.h"
+
+#if defined(__aarch64__) || defined(__arm__)
+#if defined(__linux__)
+#include <sys/auxv.h>
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+#endif
+
+static int g_init = 0;
+static int g_avail[TERN_NKERNELS];
+static int g_best = TERN_SCALAR;
+static const char *const g_names[TERN_NKERNELS] = {"scalar", "avx2", "avx512", "neon", "neondot"};
+
+static tern_rows_fn g_fns[TERN_NKERNELS];
+
+int tern_init(void) {
+    if (g_init) return g_best;
+    memset(g_avail, 0, sizeof g_avail);
+    g_avail[TERN_SCALAR] = 1;
+    g_fns[TERN_SCALAR] = tern_rows_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+#if defined(POPPINS_HAVE_AVX2)
+    if (__builtin_cpu_supports("avx2")) {
+        g_avail[TERN_AVX2] = 1;
+        g_fns[TERN_AVX2] = tern_rows_avx2;
+    }
+#endif
+#if defined(POPPINS_HAVE_AVX512)
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+        g_avail[TERN_AVX512] = 1;
+        g_fns[TERN_AVX512] = tern_rows_avx512;
+    }
+#endif
+#endif
+#if defined(POPPINS_HAVE_NEON) && (defined(__aarch64__) || defined(__arm__))
+    {
+        int neon = 0;
+#if defined(__aarch64__)
+        neon = 1; /* Advanced SIMD is mandatory on AArch64 */
+#elif defined(__linux__)
+        neon = (getauxval(AT_HWCAP) & (1UL << 12)) != 0; /* HWCAP_NEON */
+#endif
+        if (neon) {
+            g_avail[TERN_NEON] = 1;
+            g_fns[TERN_NEON] = tern_rows_neon;
+        }
+    }
+#endif
+#if defined(POPPINS_HAVE_NEONDOT) && defined(__aarch64__)
+    {
+        int dot = 0;
+#if defined(__linux__)
+        dot = (getauxval(AT_HWCAP) & (1UL << 20)) != 0; /* HWCAP_ASIMDDP */
+#elif defined(__APPLE__)
+        int v = 0;
+        size_t len = sizeof v;
+        if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, NULL, 0) == 0) dot = v != 0;
+#endif
+        if (dot) {
+            g_avail[TERN_NEONDOT] = 1;
+            g_fns[TERN_NEONDOT] = tern_rows_neondot;
+        }
+    }
+#endif
+    g_best = TERN_SCALAR;
+    static const int order[] = {TERN_AVX512, TERN_AVX2, TERN_NEONDOT, TERN_NEON};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (g_avail[order[i]]) {
+            g_best = order[i];
+            break;
+        }
+    g_init = 1;
+    return g_best;
+}
+
+int tern_kernel_available(int kernel) {
+    tern_init();
+    return kernel >= 0 && kernel < TERN_NKERNELS && g_avail[kernel];
+}
+
+int tern_best_kernel(void) { return tern_init(); }
+
+const char *tern_kernel_name(int kernel) {
+    return kernel >= 0 && kernel < TERN_NKERNELS ? g_names[kernel] : NULL;
+}
+
+int64_t tern_row_bytes(int64_t k) {
+    return ((k + TERN_BLOCK - 1) / TERN_BLOCK) * TERN_BLOCK_BYTES;
+}
+
+/* file code (0b00 = 0, 0b01 = -1, 0b10 = +1, 0b11 invalid) -> u = t + 1 */
+static const uint8_t code_to_u[4] = {1, 0, 2, 1};
+
+int64_t tern_repack_rows(const uint8_t *src, int64_t src_stride, int64_t m, int64_t k,
+                         uint8_t *dst, int64_t dst_stride, int threads) {
+    const int64_t nblk = (k + TERN_BLOCK - 1) / TERN_BLOCK;
+    int64_t invalid = 0;
+    int nt = poppins_threads(threads);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : invalid) if (m * k > (1 << 20))
+#endif
+    for (int64_t r = 0; r < m; r++) {
+        const uint8_t *s = src + r * src_stride;
+        uint8_t *d = dst + r * dst_stride;
+        memset(d, 0x55, (size_t)(nblk * TERN_BLOCK_BYTES)); /* u = 1 (zero) everywhere */
+        for (int64_t b = 0; b < nblk; b++) {
+            uint8_t *db = d + b * TERN_BLOCK_BYTES;
+            for (int sh = 0; sh < 4; sh++) {
+                for (int j = 0; j < 64; j++) {
+                    int64_t i = b * TERN_BLOCK + 64 * sh + j;
+                    if (i >= k) break;
+                    unsigned code = (s[i >> 2] >> (2 * (i & 3))) & 3u;
+                    invalid += code == 3u;
+                    db[j] = (uint8_t)((db[j] & ~(3u << (2 * sh))) | ((unsigned)code_to_u[code] << (2 * sh)));
+                }
+            }
+        }
+    }
+    return invalid;
+}
+
+#define ROW_CHUNK 16
+
+int tern_matmul(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
+                const int8_t *x, int64_t x_stride, int64_t n,
+                int32_t *y, int64_t y_stride, int threads, int kernel) {
+    tern_init();
+    if (kernel < 0) kernel = g_best;
+    if (!tern_kernel_available(kernel)) return -1;
+    if (k < 0 || k > TERN_K_MAX) return -2;
+    if (m <= 0 || n <= 0) return 0;
+    if (k == 0) {
+        for (int64_t c = 0; c < n; c++) memset(y + c * y_stride, 0, (size_t)m * sizeof(int32_t));
+        return 0;
+    }
+    const int64_t nb = k / TERN_BLOCK, rem = k % TERN_BLOCK;
+    int32_t *xsum = (int32_t *)malloc((size_t)n * sizeof(int32_t));
+    int8_t *xtail = rem ? (int8_t *)calloc((size_t)n, TERN_BLOCK) : NULL;
+    if (!xsum || (rem && !xtail)) {
+        free(xsum);
+        free(xtail);
+        return -3;
+    }
+    for (int64_t c = 0; c < n; c++) {
+        const int8_t *xc = x + c * x_stride;
+        int32_t s = 0;
+        for (int64_t i = 0; i < k; i++) s += xc[i];
+        xsum[c] = s;
+        if (rem) memcpy(xtail + c * TERN_BLOCK, xc + nb * TERN_BLOCK, (size_t)rem);
+    }
+    tern_job job = {w, w_stride, m, k, x, x_stride, n, xtail, xsum, y, y_stride};
+    tern_rows_fn fn = g_fns[kernel];
+    const int64_t ntasks = (m + ROW_CHUNK - 1) / ROW_CHUNK;
+    int nt = poppins_threads(threads);
+    if ((int64_t)nt > ntasks) nt = (int)ntasks;
+    /* (the Python layer passes threads = 1 for products too small to be worth waking threads) */
+    if (nt <= 1) {
+        fn(&job, 0, m);
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int64_t a = ntasks * t / T, b = ntasks * (t + 1) / T;
+            const int64_t r0 = a * ROW_CHUNK, r1 = b * ROW_CHUNK < m ? b * ROW_CHUNK : m;
+            if (r0 < r1) fn(&job, r0, r1);
+        }
+#else
+        fn(&job, 0, m);
+#endif
+    }
+    free(xsum);
+    free(xtail);
+    return 0;
+}
+
+/* Round half to even for |v| < 2^22 in the default rounding mode (adding and subtracting
+ * 1.5 * 2^23 leaves v rounded to an integer).  Equal to rintf / np.rint on the clamped range.
+ * This file is compiled with -std=c11 (no FP contraction) and never with -ffast-math. */
+static inline float round_even(float v) {
+    const float magic = 12582912.0f;
+    float t = v + magic;
+    return t - magic;
+}
+
+void tern_quantize_rows(const float *x, int64_t x_stride, int64_t n, int64_t k,
+                        int8_t *q, int64_t q_stride, float *scales, int threads) {
+    int nt = poppins_threads(threads);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (n * k > (1 << 18))
+#endif
+    for (int64_t r = 0; r < n; r++) {
+        const float *xr = x + r * x_stride;
+        int8_t *qr = q + r * q_stride;
+        float amax = 0.0f;
+        for (int64_t i = 0; i < k; i++) {
+            float a = fabsf(xr[i]);
+            amax = a > amax ? a : amax;
+        }
+        float s = amax > 0.0f ? 127.0f / amax : 1.0f;
+        if (!(s <= 3.4028234663852886e38f)) s = 0.0f; /* 127 / max overflowed: a zero row */
+        for (int64_t i = 0; i < k; i++) {
+            float v = xr[i] * s;
+            v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+            qr[i] = (int8_t)(int)round_even(v);
+        }
+        scales[r] = s > 0.0f ? s : 1.0f;
+    }
+}
