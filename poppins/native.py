@@ -23,6 +23,11 @@ from .threads import default_threads
 #: Kernel families the package knows; each has a reference implementation in the package.
 FAMILIES = ("bpe", "ternary", "ops")
 
+#: The Python layer of a family and its loader: calling it applies POPPINS_KERNEL to the
+#: compiled module, so backend_info() shows the path that will really run.
+_WRAPPERS = {"ternary": ("poppins.engine.kernels", "_backend"),
+             "ops": ("poppins.model.kernels", "_ops")}
+
 _cache: Dict[str, Optional[Any]] = {}
 _reason: Dict[str, str] = {}
 _warned = False
@@ -88,6 +93,9 @@ def backend_info() -> Dict[str, Any]:
         entry: Dict[str, Any] = {"backend": "compiled" if mod is not None else "reference",
                                  "reason": _reason[fam]}
         if mod is not None:
+            if fam in _WRAPPERS:
+                wrapper, loader = _WRAPPERS[fam]
+                getattr(importlib.import_module(wrapper), loader)()
             info = getattr(mod, "build_info", None)
             if callable(info):
                 entry.update(info())

@@ -71,3 +71,11 @@ def test_missing_extension_warns_once(monkeypatch):
         assert native.load("no_such_family_either") is None
     msgs = [str(w.message) for w in caught if "poppins._no_such" in str(w.message)]
     assert len(msgs) == 1 and "reference" in msgs[0]
+
+
+def test_kernel_override_is_reported():
+    info = json.loads(run_module("info", env={"POPPINS_KERNEL": "scalar"}).stdout)
+    if info["extensions"]["ternary"]["backend"] != "compiled":
+        pytest.skip("the ternary extension is not built")
+    assert info["kernel_override"] == "scalar"
+    assert info["extensions"]["ternary"]["kernel"] == "scalar"
