@@ -54,3 +54,96 @@ def resolve_threads(requested: "int | None") -> int:
     if requested is None or requested <= 0:
         return default_threads()
     return int(requested)
+
+
+# --------------------------------------------------------------------------- BLAS threads
+# GEMMs go to the BLAS numpy is linked with.  Its thread count is set here and only here,
+# through the library's own C API (ctypes on the already-loaded shared object; no dependency).
+_BLAS_SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                   "openblas_set_num_threads64_", "openblas_set_num_threads")
+_BLAS_GET_NAMES = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                   "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+@lru_cache(maxsize=1)
+def blas_library():
+    """(ctypes.CDLL, path) of the OpenBLAS numpy loaded, or (None, None) if none is found."""
+    import ctypes
+
+    import numpy  # noqa: F401  (loads the BLAS)
+
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and "blas" in parts[-1].lower() and parts[-1] not in paths:
+                    paths.append(parts[-1])
+    except OSError:
+        pass
+    if not paths:  # macOS & co: look next to numpy
+        import glob
+
+        base = os.path.dirname(os.path.dirname(numpy.__file__))
+        for pat in ("numpy/.dylibs/*blas*", "numpy.libs/*blas*", "scipy_openblas*/lib/*blas*"):
+            paths += glob.glob(os.path.join(base, pat))
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if any(hasattr(lib, n) for n in _BLAS_SET_NAMES):
+            return lib, path
+    return None, None
+
+
+@lru_cache(maxsize=1)
+def _blas_api():
+    """(set_fn, get_fn) of the OpenBLAS numpy loaded, or (None, None) if none is found."""
+    import ctypes
+
+    lib, _ = blas_library()
+    if lib is None:
+        return None, None
+    setf = next((getattr(lib, n) for n in _BLAS_SET_NAMES if hasattr(lib, n)), None)
+    getf = next((getattr(lib, n) for n in _BLAS_GET_NAMES if hasattr(lib, n)), None)
+    setf.argtypes = [ctypes.c_int]
+    setf.restype = None
+    if getf is not None:
+        getf.argtypes = []
+        getf.restype = ctypes.c_int
+    return setf, getf
+
+
+def get_blas_threads() -> "int | None":
+    """The BLAS thread count, or None when poppins cannot control the BLAS."""
+    _, getf = _blas_api()
+    return int(getf()) if getf is not None else None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set the BLAS (OpenBLAS) thread count; returns False when the BLAS is not controllable."""
+    setf, _ = _blas_api()
+    if setf is None:
+        return False
+    setf(max(1, int(n)))
+    return True
+
+
+class blas_threads:
+    """Context manager: ``with blas_threads(n): ...`` runs GEMMs on n threads, then restores."""
+
+    def __init__(self, n: int):
+        self.n = max(1, int(n))
+        self.prev = None
+
+    def __enter__(self):
+        self.prev = get_blas_threads()
+        if self.prev != self.n:
+            set_blas_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None and self.prev != self.n:
+            set_blas_threads(self.prev)
+        return False

@@ -1,0 +1,87 @@
+"""Greedy decoding through the training forward pass (no KV cache).
+
+The inference engine answers prompts fast from the packed model file; this slower path uses
+the training model directly, so training can be checked on its own: does the model reproduce
+its training answers?  Prompts are left-padded into one batch; the padding is a segment of its
+own, so it is never attended to, and rotary embeddings depend only on relative positions, so
+padding does not change the result.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..corpus import tokens as T
+from ..special_tokens import SPECIAL_IDS as S
+
+STOP_IDS = (S["</ai>"], S["</sample>"])
+
+
+def prompt_ids(tokenizer, prompt: str, system: Optional[str] = None) -> List[int]:
+    """``<sample> [<system>S</system>] <prompt><text>P</text></prompt>``, text as plain text."""
+    ids = [S["<sample>"]]
+    if system:
+        ids += [S["<system>"], *tokenizer.encode(system, special=False).tolist(), S["</system>"]]
+    ids += [S["<prompt>"], S["<text>"], *tokenizer.encode(prompt, special=False).tolist(),
+            S["</text>"], S["</prompt>"]]
+    return ids
+
+
+def greedy(model, prompts: Sequence[Sequence[int]], max_new: int = 256,
+           batch_size: int = 64) -> List[List[int]]:
+    """Greedy continuations of ``prompts`` (token id lists), each up to and including the first
+    ``</ai>`` or ``</sample>``, ``max_new`` tokens, or the context end."""
+    ctx = model.cfg.context_length
+    out: List[List[int]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        seqs = [list(prompts[i]) for i in idx]
+        done = [len(s) >= ctx for s in seqs]
+        for _ in range(max_new):
+            if all(done):
+                break
+            L = max(len(s) for s in seqs)
+            tokens = np.zeros((len(seqs), L), dtype=np.int32)
+            segments = np.zeros((len(seqs), L), dtype=np.int32)
+            for r, s in enumerate(seqs):
+                tokens[r, L - len(s):] = s
+                segments[r, L - len(s):] = 1
+            nxt = np.argmax(model.last_logits(tokens, segments), axis=1)
+            for r, t in enumerate(nxt.tolist()):
+                if done[r]:
+                    continue
+                seqs[r].append(t)
+                out[idx[r]].append(t)
+                if t in STOP_IDS or len(seqs[r]) >= ctx:
+                    done[r] = True
+    model.release_buffers()
+    return out
+
+
+def expected_answers(ids: np.ndarray, index: np.ndarray) -> List[Tuple[List[int], List[int]]]:
+    """(prompt ids, answer ids up to and including ``</ai>``) of every sample in the bins."""
+    pairs = []
+    for off, count, bound in index.tolist():
+        s = np.asarray(ids[off // 4: off // 4 + count]).tolist()
+        end = s.index(S["</ai>"], bound) + 1
+        pairs.append((s[:bound], s[bound:end]))
+    return pairs
+
+
+def exact_answer_rate(model, out_dir, split: str = "train", limit: Optional[int] = None,
+                      max_new: int = 256) -> Tuple[float, List[Dict]]:
+    """Share of samples of ``split`` whose greedy answer equals the training answer exactly."""
+    ids, index = T.read_bins(out_dir, split)
+    pairs = expected_answers(ids, index)
+    seen, unique = set(), []
+    for p, a in pairs:        # each distinct prompt once
+        if tuple(p) not in seen:
+            seen.add(tuple(p))
+            unique.append((p, a))
+    if limit:
+        unique = unique[:limit]
+    got = greedy(model, [p for p, _ in unique], max_new=max_new)
+    misses = [{"prompt": p, "expected": a, "got": g} for (p, a), g in zip(unique, got) if g != a]
+    return (1.0 - len(misses) / max(len(unique), 1)), misses

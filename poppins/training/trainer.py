@@ -1,0 +1,263 @@
+"""The training loop: data stage, then AdamW on packed batches, checkpoints, resume.
+
+    python -m poppins train -i train.xml -o .poppins
+
+Deterministic: the same seed and thread count give the same loss curve, bit for bit, and a
+run resumed from a checkpoint (``--resume``) ends with the same weights as one that was never
+interrupted.  Ctrl+C or SIGTERM finish the current step, write a checkpoint and stop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from .._version import __version__
+from ..corpus import tokens as T
+from ..datastage import MANIFEST, prepare_data
+from ..errors import PoppinsError
+from ..fileio import atomic_write_text
+from ..model import AdamW, Model, ModelConfig
+from ..threads import resolve_threads
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import EpochStream, PackedSamples, batches_in_order
+from .progress import Progress, fmt_duration
+from .schedule import lr_wd_at
+
+
+#: The default context is at least this long, so several samples pack into one window.
+MIN_CONTEXT = 256
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    total_steps: int
+    seconds: float
+    train_loss: float
+    val_loss: Optional[float]
+    stopped: str                      # "done" | "aim-loss" | "SIGINT" | "SIGTERM"
+    checkpoint: Path
+    config: TrainConfig
+    model_config: ModelConfig
+    history: List[list] = field(default_factory=list)   # [step, loss, val or None]
+
+
+class _StopFlag:
+    """Ctrl+C / SIGTERM -> finish the step, checkpoint, stop.  A second Ctrl+C aborts."""
+
+    def __init__(self):
+        self.signame: Optional[str] = None
+        self._old = {}
+
+    def _handler(self, signum, _frame):
+        if self.signame is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signame = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _round_up(n: int, k: int) -> int:
+    return (n + k - 1) // k * k
+
+
+def evaluate(model: Model, packed: PackedSamples, batch_size: int) -> Optional[float]:
+    """Mask-weighted mean loss over every sample of ``packed`` (None when it is empty)."""
+    total, weight = 0.0, 0.0
+    for b in batches_in_order(packed, batch_size):
+        m = float(b.mask.sum())
+        if m == 0:
+            continue
+        total += model.forward(b.tokens, b.targets, mask=b.mask, weights=b.weights,
+                               segments=b.segments) * m
+        weight += m
+    model.release_buffers()
+    return total / weight if weight else None
+
+
+def model_config_for(cfg: TrainConfig, vocab_size: int, context: int) -> ModelConfig:
+    return ModelConfig(vocab_size=vocab_size, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
+                       kv_heads=cfg.kv_heads, attention=cfg.attention, context_length=context,
+                       quantize=cfg.quantize)
+
+
+def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
+          val_fraction: Optional[float] = None, max_xml_mb: float = 256, resume: bool = False,
+          overrides: Optional[Dict] = None, log: Optional[Callable[[str], None]] = print,
+          progress_stream=None) -> TrainResult:
+    """Run the data stage, then train.  ``overrides`` are TrainConfig fields (the CLI flags)."""
+    say = log or (lambda _m: None)
+    out_dir = Path(out_dir)
+    data = prepare_data(train_xml, out_dir, seed=seed, val_fraction=val_fraction,
+                        max_xml_mb=max_xml_mb, log=log)
+    manifest = data.manifest
+    manifest_sha = _sha256(out_dir / MANIFEST)
+    cfg = TrainConfig(seed=seed).with_constants(manifest["constants"])
+    cfg = TrainConfig.from_dict(dict(cfg.to_dict(), **(overrides or {})))
+    ckpt_state = None
+    if resume:
+        path = checkpoint_path(out_dir)
+        if not path.exists():
+            raise PoppinsError(f"--resume: no checkpoint at {path}; train without --resume")
+        header, arrays = load_checkpoint(path)
+        if header.get("manifest_sha256") != manifest_sha:
+            raise PoppinsError(
+                f"--resume: the data changed since {path} was written (train.xml, its imports, "
+                f"the seed or --val-fraction differ); train again without --resume")
+        threads = (overrides or {}).get("threads")
+        cfg = TrainConfig.from_dict(dict(header["train_config"],
+                                         **({"threads": threads} if threads else {})))
+        ckpt_state = (header, arrays)
+    return run(out_dir, cfg, manifest, manifest_sha, ckpt_state, say, progress_stream)
+
+
+def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt_state,
+        say: Callable[[str], None], progress_stream=None) -> TrainResult:
+    threads = resolve_threads(cfg.threads)
+    longest = max(v["longest_sample"] for v in manifest["tokens"].values())
+    context = cfg.context or min(max(MIN_CONTEXT, _round_up(longest, 64)), cfg.context_cap)
+    scales = (cfg.loss_scale_response, cfg.loss_scale_source, cfg.loss_scale_code)
+    train_ids, train_index = T.read_bins(out_dir, "train")
+    packed = PackedSamples(train_ids, train_index, context, scales)
+    val_ids, val_index = T.read_bins(out_dir, "val")
+    val_packed = PackedSamples(val_ids, val_index, context, scales)
+    for split, p in (("train", packed), ("validation", val_packed)):
+        for pos, n in zip(p.too_long.tolist(), p.too_long_counts.tolist()):
+            say(f"warning  {split} sample {pos + 1} has {n} tokens, more than the context "
+                f"({context}); skipped (raise --context)")
+    if len(packed) == 0:
+        raise PoppinsError(f"no training sample fits in the context of {context} tokens; "
+                           f"raise --context")
+    mcfg = model_config_for(cfg, manifest["tokenizer"]["vocab_size"], context)
+    stream = EpochStream(packed, cfg.seed)
+    rows0 = stream.epoch_rows(0)
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = max(1, math.ceil(len(rows0) / per_step))
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    padding = 1.0 - packed.tokens / (len(rows0) * context)
+
+    model = Model(mcfg, seed=cfg.seed, threads=threads)
+    opt = AdamW(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                weight_decay=cfg.weight_decay)
+    step, epoch, row, history = 0, 0, 0, []
+    if ckpt_state is not None:
+        header, arrays = ckpt_state
+        if ModelConfig.from_dict(header["model_config"]) != mcfg:
+            raise PoppinsError("--resume: the checkpoint's model does not match this run's")
+        model.flat_params[...] = arrays["params"]
+        opt.m[...] = arrays["adam_m"]
+        opt.v[...] = arrays["adam_v"]
+        opt.t = int(header["adam_t"])
+        step, epoch, row = int(header["step"]), int(header["epoch"]), int(header["row"])
+        history = [list(h) for h in header.get("history", [])]
+        total = int(header["total_steps"])
+        say(f"resume   from step {step} of {total} ({checkpoint_path(out_dir)})")
+    atomic_write_text(out_dir / "config.json", json.dumps(
+        {"poppins_version": __version__, "model": mcfg.to_dict(), "train": cfg.to_dict()},
+        indent=2, sort_keys=True) + "\n")
+    say(f"model    {model.num_params():,} parameters: d={mcfg.dim}, {mcfg.layers} layers, "
+        f"{mcfg.heads} heads, {mcfg.attention}, context {context}, vocab {mcfg.vocab_size}, "
+        f"{'ternary' if mcfg.quantize else 'float'} weights; {threads} thread(s)")
+    say(f"plan     {total} steps of {per_step} x {context} tokens "
+        f"({steps_per_epoch} steps/epoch, {len(packed)} samples, padding {padding:.0%}); "
+        f"lr {cfg.lr:g} {cfg.schedule}, warmup {cfg.warmup_steps}")
+
+    ckpt = checkpoint_path(out_dir)
+
+    def save() -> None:
+        save_checkpoint(ckpt, {
+            "poppins_version": __version__, "train_config": cfg.to_dict(),
+            "model_config": mcfg.to_dict(), "manifest_sha256": manifest_sha, "step": step,
+            "total_steps": total, "epoch": epoch, "row": row, "adam_t": opt.t,
+            "history": history}, {"params": model.flat_params, "adam_m": opt.m, "adam_v": opt.v})
+
+    prog = Progress(total, start_step=step, stream=progress_stream, log_interval=cfg.log_interval)
+    t0 = time.perf_counter()
+    stopped, loss, val = "done", float("nan"), None
+    if history:
+        loss, val = history[-1][1], history[-1][2]
+    with _StopFlag() as flag:
+        while step < total:
+            lr, wd = lr_wd_at(step, total, cfg)
+            loss_sum, real = 0.0, 0
+            for micro in range(cfg.grad_accum):
+                rows, epoch, row = stream.take(epoch, row, cfg.batch_size)
+                b = packed.fill(rows)
+                loss_sum += model.forward(b.tokens, b.targets, mask=b.mask, weights=b.weights,
+                                          segments=b.segments)
+                model.backward(accumulate=micro > 0)
+                real += b.real_tokens
+            loss = loss_sum / cfg.grad_accum
+            if not math.isfinite(loss):
+                raise PoppinsError(f"training diverged at step {step + 1} (loss {loss}); lower "
+                                   f"the learning rate (--lr, now {cfg.lr:g})")
+            g = model.flat_grads
+            if cfg.grad_accum > 1:
+                g /= cfg.grad_accum
+            if cfg.grad_clip > 0:
+                norm = math.sqrt(float(np.dot(g.astype(np.float64), g.astype(np.float64))))
+                if norm > cfg.grad_clip:
+                    g *= cfg.grad_clip / norm
+            opt.step(lr=lr, weight_decay=wd)
+            step += 1
+            val = None
+            if len(val_packed) and (step % cfg.val_interval == 0 or step == total):
+                val = evaluate(model, val_packed, cfg.batch_size)
+            history.append([step, loss, val])
+            prog.update(step, loss, val, lr, real, keep=val is not None)
+            watched = val if len(val_packed) else loss
+            if cfg.aim_loss is not None and watched is not None and watched <= cfg.aim_loss:
+                stopped = "aim-loss"
+            if flag.signame:
+                stopped = flag.signame
+            if stopped != "done" or step % cfg.checkpoint_interval == 0 or step == total:
+                save()
+            if stopped != "done":
+                break
+    seconds = time.perf_counter() - t0
+    model.release_buffers()
+    if stopped in ("SIGINT", "SIGTERM"):
+        prog.message(f"stopped  by {stopped} at step {step}/{total}; checkpoint {ckpt} "
+                     f"(continue with --resume)")
+    else:
+        if stopped == "aim-loss":
+            prog.message(f"aim      reached loss {cfg.aim_loss:g} at step {step}")
+        vals = [h[2] for h in history if h[2] is not None]
+        prog.message(f"done     {step} steps in {fmt_duration(seconds)}; loss {loss:.4f}"
+                     + (f", val {vals[-1]:.4f}" if vals else "") + f"; checkpoint {ckpt}")
+    last_val = next((h[2] for h in reversed(history) if h[2] is not None), None)
+    return TrainResult(out_dir=out_dir, steps=step, total_steps=total, seconds=seconds,
+                       train_loss=loss, val_loss=last_val, stopped=stopped, checkpoint=ckpt,
+                       config=cfg, model_config=mcfg, history=history)
+
+
+def load_trained(out_dir, threads: Optional[int] = None) -> Model:
+    """The model of ``OUT/checkpoints/last.ckpt`` (for greedy checks until the model file)."""
+    header, arrays = load_checkpoint(checkpoint_path(out_dir))
+    model = Model(ModelConfig.from_dict(header["model_config"]), threads=threads, init=False)
+    model.flat_params[...] = arrays["params"]
+    return model
