@@ -82,15 +82,17 @@ def test_epoch_stream_is_seeded_and_continues_across_epochs(tmp_path):
     assert [r.tolist() for r in a.epoch_rows(0)] != [r.tolist() for r in a.epoch_rows(1)]
 
 
-def test_same_seed_same_loss_curve_and_checkpoint(tmp_path):
-    r1 = train(CURRENT, tmp_path / "a", overrides=TINY, log=None, progress_stream=open(os.devnull, "w"))
-    r2 = train(CURRENT, tmp_path / "b", overrides=TINY, log=None, progress_stream=open(os.devnull, "w"))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_seed_same_loss_curve_and_checkpoint(tmp_path, threads):
+    tiny = dict(TINY, threads=threads)
+    r1 = train(CURRENT, tmp_path / "a", overrides=tiny, log=None, progress_stream=open(os.devnull, "w"))
+    r2 = train(CURRENT, tmp_path / "b", overrides=tiny, log=None, progress_stream=open(os.devnull, "w"))
     assert r1.history == r2.history and len(r1.history) == 12
     assert r1.history[-1][1] < r1.history[0][1]
     _, a1 = load_checkpoint(checkpoint_path(tmp_path / "a"))
     _, a2 = load_checkpoint(checkpoint_path(tmp_path / "b"))
     assert np.array_equal(a1["params"], a2["params"])
-    r3 = train(CURRENT, tmp_path / "c", seed=2, overrides=TINY, log=None,
+    r3 = train(CURRENT, tmp_path / "c", seed=2, overrides=tiny, log=None,
                progress_stream=open(os.devnull, "w"))
     assert r3.history != r1.history
 
@@ -172,3 +174,23 @@ def test_sigterm_and_ctrl_c_leave_a_usable_checkpoint(tmp_path, sig, code):
     assert "Traceback" not in err and "continue with --resume" in out
     header, _ = load_checkpoint(checkpoint_path(tmp_path / "o"))
     assert 5 <= header["step"] < 100000
+
+
+def test_progress_lines_plain_and_tty():
+    import io
+    from poppins.training.progress import Progress
+
+    plain = io.StringIO()
+    p = Progress(20, stream=plain, log_interval=10, tty=False)
+    for step in range(1, 21):
+        p.update(step, 1.0 / step, 0.5 if step == 15 else None, 1e-3, 100, keep=step == 15)
+    lines = plain.getvalue().splitlines()
+    assert [l.split(" |")[0] for l in lines] == ["step 10/20", "step 15/20", "step 20/20"]
+    assert all(k in lines[1] for k in ("loss", "val 0.5000", "lr 1.00e-03", "ms/step", "tok/s", "ETA"))
+    tty = io.StringIO()
+    p = Progress(3, stream=tty, tty=True)
+    for step in (1, 2, 3):
+        p.update(step, 1.0, None, 1e-3, 10)
+    p.message("done")
+    out = tty.getvalue()
+    assert out.count("\r") == 3 and out.endswith("\ndone\n")
