@@ -314,3 +314,70 @@ def test_truncated_bins_are_refused(tmp_path):
     f.write_bytes(f.read_bytes()[:-2])
     with pytest.raises(PoppinsError, match="not whole records"):
         T.read_bins(tmp_path / "out", "train")
+
+
+# -- conversations -------------------------------------------------------------------------------
+
+CONVERSATION = DATA / "conversation" / "train.xml"
+
+
+def test_conversation_turns():
+    from poppins.samples import Turn
+
+    sset = build_samples(read_train_xml(CONVERSATION))
+    first = sset.groups[0][0]
+    assert first.prompt == "Hi! Can you help me with fractions?" and first.system == "You are a patient tutor."
+    assert first.items == (Item("text", "Of course. Ask me anything about fractions."),)
+    assert first.turns == (
+        Turn("What is one half plus one quarter?", (Item("text", "Three quarters."),),
+             "Use a common denominator."),
+        Turn("Why?", (Item("text", "One half is two quarters, and two quarters plus one quarter "
+                               "is three quarters."),)))
+    assert len(sset.groups[1][0].turns) == 1
+
+
+def test_conversation_stream_mask_and_dump(tmp_path):
+    from poppins.training.data import PackedSamples
+
+    prepare_data(CONVERSATION, tmp_path / "out", log=None)
+    ids, index = T.read_bins(tmp_path / "out", "train")
+    off, count, bound = (int(x) for x in index[0])
+    s = np.asarray(ids[off // 4: off // 4 + count])
+    names = [SPECIAL_TOKENS[i] if i < len(SPECIAL_TOKENS) else "." for i in s.tolist()]
+    structure = [n for n in names if n != "."]
+    assert structure == ["<sample>", "<system>", "</system>",
+                         "<prompt>", "<text>", "</text>", "</prompt>", "<ai>", "<text>", "</text>", "</ai>",
+                         "<prompt>", "<text>", "</text>", "</prompt>", "<thought>", "</thought>",
+                         "<ai>", "<text>", "</text>", "</ai>",
+                         "<prompt>", "<text>", "</text>", "</prompt>", "<ai>", "<text>", "</text>", "</ai>",
+                         "</sample>"]
+    assert names[bound - 1] == "</prompt>" and names[bound] == "<ai>"
+    # every answer is learned; the later prompts (the user's words) are not
+    packed = PackedSamples(ids, index, 256)
+    b = packed.fill([np.array([0])])
+    learned = {j + 1 for j in np.flatnonzero(b.mask[0])}   # target positions
+    prompt_spans = [i for i, n in enumerate(names) if n in ("<prompt>", "</prompt>")]
+    later = set()
+    for a, z in zip(prompt_spans[2::2], prompt_spans[3::2]):
+        later |= set(range(a, z + 1))
+    answers = set(range(bound, count)) - later
+    assert learned == answers
+    root = etree.parse(str(tmp_path / "out" / "train_corpus.xml")).getroot()
+    assert [p.text for p in root.find("sample").iter("text")][:3] == [
+        "Hi! Can you help me with fractions?", "Of course. Ask me anything about fractions.",
+        "What is one half plus one quarter?"]
+
+
+def test_conversation_items_before_first_prompt_are_an_error(tmp_path):
+    p = write(tmp_path, CONVERSATION.read_text().replace(
+        '<sample>\n      <prompt id="pr::color"/>', '<sample>\n      <response id="re::color"/>\n      <prompt id="pr::color"/>'))
+    with pytest.raises(PoppinsError, match="comes before the first <prompt> of a conversation"):
+        read_train_xml(p)
+
+
+def test_conversation_turn_without_answer_is_skipped(tmp_path, capsys):
+    p = write(tmp_path, CONVERSATION.read_text().replace(
+        '<prompt id="pr::night"/>\n      <response id="re::night"/>', '<prompt id="pr::night"/>'))
+    res = prepare_data(p, tmp_path / "out")
+    assert res.samples.total == 1
+    assert "turn 2 of the conversation has no answer" in capsys.readouterr().out

@@ -194,3 +194,17 @@ def test_progress_lines_plain_and_tty():
     p.message("done")
     out = tty.getvalue()
     assert out.count("\r") == 3 and out.endswith("\ndone\n")
+
+
+def test_a_conversation_trains_and_each_turn_gets_its_answer(tmp_path):
+    from poppins.training.generate import exact_answer_rate
+    from poppins.training.trainer import load_trained
+
+    conv = REPO / "tests" / "data" / "conversation" / "train.xml"
+    train(conv, tmp_path / "c", overrides=dict(dim=64, layers=2, heads=2, batch_size=2,
+                                               steps=150, warmup_steps=10, lr=1e-2, threads=1,
+                                               val_interval=50, checkpoint_interval=150),
+          log=None, progress_stream=open(os.devnull, "w"))
+    model = load_trained(tmp_path / "c", threads=1)
+    rate, misses = exact_answer_rate(model, tmp_path / "c", all_turns=True)
+    assert rate == 1.0, misses

@@ -5,6 +5,8 @@ One sample is the stream::
     <sample> [<system> S </system>] <prompt> <text> P </text> </prompt> [<thought> T </thought>]
     <ai> items </ai> </sample>
 
+(a conversation repeats ``<prompt>`` ... ``</ai>`` once per turn before ``</sample>``)
+
 where an item is ``<text>`` T ``</text>``, ``<source>`` ID ``</source>``, a line-break token, or a
 code block whose opening tag keeps its inline/indent variant.  Tags are inserted as special-
 token ids here; text pieces are encoded with special-token matching off, so user text that
@@ -39,6 +41,7 @@ _S = SPECIAL_IDS
 SAMPLE, END_SAMPLE = _S["<sample>"], _S["</sample>"]
 AI, END_AI = _S["<ai>"], _S["</ai>"]
 SOURCE, END_SOURCE = _S["<source>"], _S["</source>"]
+PROMPT, END_PROMPT = _S["<prompt>"], _S["</prompt>"]
 _CODE_OPEN = np.zeros(len(SPECIAL_TOKENS), dtype=bool)
 _CODE_CLOSE = np.zeros(len(SPECIAL_TOKENS), dtype=bool)
 for _lang in CODE_LANGS:
@@ -49,16 +52,23 @@ for _lang in CODE_LANGS:
         _CODE_OPEN[_S[code_open(_lang, indent=_i)]] = True
 
 #: Loss segment labels (see ``segment_labels``).
-SEG_RESPONSE, SEG_SOURCE, SEG_CODE = 0, 1, 2
+SEG_RESPONSE, SEG_SOURCE, SEG_CODE, SEG_PROMPT = 0, 1, 2, 3
+
+
+def _turns(sample):
+    """(prompt, thought, items) of every turn of ``sample``, the first one first."""
+    yield sample.prompt, sample.thought, sample.items
+    for t in sample.turns:
+        yield t.prompt, t.thought, t.items
 
 
 def _pieces(sample) -> List[str]:
-    out = [sample.prompt]
-    if sample.system:
-        out.append(sample.system)
-    if sample.thought:
-        out.append(sample.thought)
-    out += [it.text for it in sample.items if it.kind != "line-break"]
+    out = [sample.system] if sample.system else []
+    for prompt, thought, items in _turns(sample):
+        out.append(prompt)
+        if thought:
+            out.append(thought)
+        out += [it.text for it in items if it.kind != "line-break"]
     return out
 
 
@@ -71,22 +81,26 @@ def _stream(sample, enc: Dict[str, np.ndarray]) -> Tuple[List[np.ndarray], int]:
     parts: List = [[SAMPLE]]
     if sample.system:
         parts += [[_S["<system>"]], enc[sample.system], [_S["</system>"]]]
-    parts += [[_S["<prompt>"], _S["<text>"]], enc[sample.prompt], [_S["</text>"], _S["</prompt>"]]]
-    boundary = sum(len(p) for p in parts)
-    if sample.thought:
-        parts += [[_S["<thought>"]], enc[sample.thought], [_S["</thought>"]]]
-    parts.append([AI])
-    for it in sample.items:
-        if it.kind == "text":
-            parts += [[_S["<text>"]], enc[it.text], [_S["</text>"]]]
-        elif it.kind == "source":
-            parts += [[SOURCE], enc[it.text], [END_SOURCE]]
-        elif it.kind == "line-break":
-            parts.append([_S[LINE_BREAK if it.count == 1 else LINE_BREAK_2]])
-        else:
-            parts += [[_S[code_open(it.lang, it.inline, it.indent)]], enc[it.text],
-                      [_S[code_close(it.lang)]]]
-    parts.append([END_AI, END_SAMPLE])
+    boundary = None
+    for prompt, thought, items in _turns(sample):
+        parts += [[PROMPT, _S["<text>"]], enc[prompt], [_S["</text>"], END_PROMPT]]
+        if boundary is None:
+            boundary = sum(len(p) for p in parts)
+        if thought:
+            parts += [[_S["<thought>"]], enc[thought], [_S["</thought>"]]]
+        parts.append([AI])
+        for it in items:
+            if it.kind == "text":
+                parts += [[_S["<text>"]], enc[it.text], [_S["</text>"]]]
+            elif it.kind == "source":
+                parts += [[SOURCE], enc[it.text], [END_SOURCE]]
+            elif it.kind == "line-break":
+                parts.append([_S[LINE_BREAK if it.count == 1 else LINE_BREAK_2]])
+            else:
+                parts += [[_S[code_open(it.lang, it.inline, it.indent)]], enc[it.text],
+                          [_S[code_close(it.lang)]]]
+        parts.append([END_AI])
+    parts.append([END_SAMPLE])
     return parts, boundary
 
 
@@ -139,7 +153,8 @@ def read_bins(out_dir, split: str) -> Tuple[np.ndarray, np.ndarray]:
 
 def segment_labels(ids: np.ndarray) -> np.ndarray:
     """Per token: SEG_SOURCE inside ``<source>``...``</source>`` (tags excluded), SEG_CODE for
-    a code block (tags included), SEG_RESPONSE otherwise.  Derived from the ids alone, which
+    a code block (tags included), SEG_PROMPT for a prompt (tags included: a conversation's
+    later prompts are the user's words, never learned), SEG_RESPONSE otherwise.  Derived from the ids alone, which
     is possible because user text never produces a special token."""
     ids = np.asarray(ids)
     small = ids < len(SPECIAL_TOKENS)
@@ -151,7 +166,11 @@ def segment_labels(ids: np.ndarray) -> np.ndarray:
     s_open, s_close = ids == SOURCE, ids == END_SOURCE
     s_depth = np.cumsum(s_open, dtype=np.int64) - np.cumsum(s_close, dtype=np.int64)
     in_source = (s_depth > 0) & ~s_open
+    p_open, p_close = ids == PROMPT, ids == END_PROMPT
+    in_prompt = (np.cumsum(p_open, dtype=np.int64) - np.cumsum(p_close, dtype=np.int64) > 0) \
+        | p_close
     labels = np.full(ids.shape, SEG_RESPONSE, dtype=np.uint8)
     labels[in_source] = SEG_SOURCE
     labels[in_code] = SEG_CODE
+    labels[in_prompt] = SEG_PROMPT
     return labels

@@ -55,11 +55,14 @@ def dump_samples_xml(samples: Iterable) -> str:
         out.append(f"  <sample{attrs}>\n")
         if s.system:
             out.append(f"    <system>{_esc(s.system)}</system>\n")
-        out.append(f"    <prompt>\n      <text>{_esc(s.prompt)}</text>\n    </prompt>\n")
-        if s.thought:
-            out.append(f"    <thought>{_esc(s.thought)}</thought>\n")
-        out.append("    <ai>\n")
-        out.extend(f"      {_item_xml(it)}\n" for it in s.items)
-        out.append("    </ai>\n  </sample>\n")
+        for prompt, thought, items in [(s.prompt, s.thought, s.items)] + \
+                [(t.prompt, t.thought, t.items) for t in s.turns]:
+            out.append(f"    <prompt>\n      <text>{_esc(prompt)}</text>\n    </prompt>\n")
+            if thought:
+                out.append(f"    <thought>{_esc(thought)}</thought>\n")
+            out.append("    <ai>\n")
+            out.extend(f"      {_item_xml(it)}\n" for it in items)
+            out.append("    </ai>\n")
+        out.append("  </sample>\n")
     out.append("</samples>\n")
     return "".join(out)

@@ -85,13 +85,24 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """A later turn of a conversation."""
+    prompt: str
+    items: Tuple[Item, ...]
+    thought: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Sample:
+    """One sample: the first (or only) turn's prompt, thought and answer, then any later turns
+    of a conversation.  Phrase variants rewrite the first prompt."""
     prompt: str
     items: Tuple[Item, ...]
     system: Optional[str] = None
     thought: Optional[str] = None
     origin: str = ""     # "file:line" where the sample (or its topic) is written
     variant: str = ""    # "" for an original; "file:line" of the phrase variant otherwise
+    turns: Tuple[Turn, ...] = ()
 
 
 @dataclass
@@ -154,9 +165,9 @@ class _Phrase:
                 f"backtrack exponentially)", self.src.loc.file, self.src.loc.line) from None
 
 
-def _items(doc: TrainDoc, raw: R.RawSample) -> Tuple[Item, ...]:
+def _items(doc: TrainDoc, raw_items) -> Tuple[Item, ...]:
     out = []
-    for it in raw.items:
+    for it in raw_items:
         if it.kind == "response":
             out.append(Item("text", doc.text("response", it.ref.id)))
         elif it.kind == "source":
@@ -187,15 +198,21 @@ def _originals(doc: TrainDoc, warnings: List[str]) -> Tuple[List[Sample], int]:
             system = doc.text("system", raw.system_override.id)
         else:
             system = "".join(doc.text("system", r.id) for r in raw.systems)
-        items = _items(doc, raw)
-        if not items:
-            warnings.append(f"{raw.loc}: warning: sample has no answer (no response, source or "
-                            "code); skipped")
+        items = _items(doc, raw.items)
+        turns = tuple(Turn(doc.text("prompt", t.prompt.id), _items(doc, t.items),
+                           doc.text("thought", t.thought.id) if t.thought else None)
+                      for t in raw.turns)
+        empty = [i for i, t in enumerate(((items,),) + tuple((t.items,) for t in turns), 1)
+                 if not t[0]]
+        if empty:
+            which = "sample" if not raw.turns else f"turn {empty[0]} of the conversation"
+            warnings.append(f"{raw.loc}: warning: {which} has no answer (no response, source "
+                            "or code); sample skipped")
             continue
         out.append(Sample(prompt=doc.text("prompt", raw.prompt.id), items=items,
                           system=system or None,
                           thought=doc.text("thought", raw.thought.id) if raw.thought else None,
-                          origin=origin(raw.loc)))
+                          origin=origin(raw.loc), turns=turns))
     n_regular = len(out)
     b = doc.beyond_scope
     if b is not None:
@@ -266,7 +283,9 @@ def build_samples(doc: TrainDoc, seed: int = DEFAULT_SEED,
                     continue   # a variant identical to a member adds nothing (and would leak)
                 prompts.add(prompt)
                 group.append(Sample(prompt=prompt, items=s.items, system=s.system,
-                                    thought=s.thought, origin=s.origin, variant=f"{names.get(ph.src.loc.file, ph.src.loc.file)}:{ph.src.loc.line}"))
+                                    thought=s.thought, origin=s.origin, turns=s.turns,
+                                    variant=f"{names.get(ph.src.loc.file, ph.src.loc.file)}:"
+                                            f"{ph.src.loc.line}"))
         n_variants += len(group) - 1
         groups.append(group)
     train, val = _split(groups, seed, val_fraction)

@@ -8,8 +8,9 @@ A step takes the next ``batch_size`` rows, continuing into the next epoch when o
 the position in the data is just (epoch, row): that is what a checkpoint records.
 
 Targets are the next tokens.  The loss mask is 1 for targets from the index's boundary (the
-first token after ``</prompt>``) to ``</sample>`` inclusive; the weight of each target is the
-loss scale of its segment (source ids, code blocks, everything else).
+first token after ``</prompt>``) to ``</sample>`` inclusive, except the later prompts of a
+conversation; the weight of each target is the loss scale of its segment (source ids, code
+blocks, everything else).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class PackedSamples:
         self.starts = starts[keep]
         self.counts = counts[keep]
         self.bounds = index["boundary"].astype(np.int64)[keep]
-        self.scales = np.asarray(scales, dtype=np.float32)
+        self.scales = np.asarray(tuple(scales) + (0.0,), dtype=np.float32)  # + SEG_PROMPT
         self._rows_cache: Tuple[int, List[np.ndarray]] = (-1, [])
 
     def __len__(self) -> int:
@@ -98,7 +99,9 @@ class PackedSamples:
                 targets[b, o:o + n - 1] = seq[1:]
                 # target j+1 is learned when j+1 >= boundary
                 mask[b, o + bound - 1:o + n - 1] = 1.0
-                weights[b, o:o + n - 1] = self.scales[T.segment_labels(seq[1:])]
+                labels = T.segment_labels(seq[1:])
+                weights[b, o:o + n - 1] = self.scales[labels]
+                mask[b, o:o + n - 1] *= labels != T.SEG_PROMPT   # later turns' prompts
                 segments[b, o:o + n] = k
                 o += n
                 real += n

@@ -60,21 +60,30 @@ def greedy(model, prompts: Sequence[Sequence[int]], max_new: int = 256,
     return out
 
 
-def expected_answers(ids: np.ndarray, index: np.ndarray) -> List[Tuple[List[int], List[int]]]:
-    """(prompt ids, answer ids up to and including ``</ai>``) of every sample in the bins."""
+def expected_answers(ids: np.ndarray, index: np.ndarray,
+                     all_turns: bool = False) -> List[Tuple[List[int], List[int]]]:
+    """(context ids, answer ids up to and including ``</ai>``) of every sample in the bins:
+    the first turn only, or with ``all_turns`` every turn of a conversation, its context being
+    the conversation so far up to that turn's ``</prompt>``."""
     pairs = []
     for off, count, bound in index.tolist():
         s = np.asarray(ids[off // 4: off // 4 + count]).tolist()
-        end = s.index(S["</ai>"], bound) + 1
-        pairs.append((s[:bound], s[bound:end]))
+        start = bound
+        while True:
+            end = s.index(S["</ai>"], start) + 1
+            pairs.append((s[:start], s[start:end]))
+            if not all_turns or s[end] != S["<prompt>"]:
+                break
+            start = s.index(S["</prompt>"], end) + 1
     return pairs
 
 
 def exact_answer_rate(model, out_dir, split: str = "train", limit: Optional[int] = None,
-                      max_new: int = 256) -> Tuple[float, List[Dict]]:
-    """Share of samples of ``split`` whose greedy answer equals the training answer exactly."""
+                      max_new: int = 256, all_turns: bool = False) -> Tuple[float, List[Dict]]:
+    """Share of samples of ``split`` whose greedy answer equals the training answer exactly
+    (with ``all_turns``: every turn of every conversation, replayed with its history)."""
     ids, index = T.read_bins(out_dir, split)
-    pairs = expected_answers(ids, index)
+    pairs = expected_answers(ids, index, all_turns)
     seen, unique = set(), []
     for p, a in pairs:        # each distinct prompt once
         if tuple(p) not in seen:

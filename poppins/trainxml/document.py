@@ -190,6 +190,11 @@ def _check_refs(doc: TrainDoc, errors: Collector) -> None:
             check(r, "sample")
         for item in s.items:
             check(item.ref, "sample")
+        for turn in s.turns:
+            check(turn.prompt, "sample")
+            check(turn.thought, "sample")
+            for item in turn.items:
+                check(item.ref, "sample")
     b = doc.beyond_scope
     if b is not None:
         for r in (b.system, b.response, b.thought):

@@ -77,12 +77,21 @@ class AiItem:
 
 
 @dataclass
+class RawTurn:
+    """A later turn of a conversation: its prompt, optional thought and answer items."""
+    prompt: Ref
+    thought: Optional[Ref] = None
+    items: List[AiItem] = field(default_factory=list)
+
+
+@dataclass
 class RawSample:
     loc: Loc
     systems: List[Ref] = field(default_factory=list)
-    prompt: Optional[Ref] = None
+    prompt: Optional[Ref] = None            # the first (or only) turn
     thought: Optional[Ref] = None
     items: List[AiItem] = field(default_factory=list)
+    turns: List[RawTurn] = field(default_factory=list)   # the turns after the first
     system_override: Optional[Ref] = None   # set by an <import system="..."> above this file
 
 
@@ -438,56 +447,88 @@ class FileReader:
         doc.samples.append(s)
 
     def _sample(self, el, doc: FileDoc) -> None:
+        """A <sample>.  With one <prompt> its position does not matter (as in the original).
+        With several it is a conversation: the items after each prompt, up to the next one,
+        are that turn's answer (the original kept only the last prompt)."""
         self.attrs(el)
         s = RawSample(self.loc(el))
         children = self.elements(el, ("system", "prompt", "thought", "response", "source", "code",
                                       "response-ids", "line-break"))
         if not children:
             self.err(el, "<sample> is empty; it needs a <prompt id=...> and an answer")
+        conversation = sum(c.tag == "prompt" for c in children) > 1
+        turn: Optional[RawTurn] = None     # the current later turn of a conversation
         for c in children:
-            loc = self.loc(c)
-            if c.tag in ("system", "prompt", "thought", "response", "source"):
-                a = self.attrs(c, required=("id",))
-                ref = self._ref(c, a, "id", c.tag)
-                if ref is None:
+            if conversation and c.tag in ("prompt", "thought", "response", "source", "code",
+                                          "response-ids", "line-break"):
+                if c.tag != "prompt" and s.prompt is None:
+                    self.err(c, f"<{c.tag}> comes before the first <prompt> of a conversation; "
+                                "each turn's answer follows its prompt")
                     continue
-                if c.tag == "system":
-                    s.systems.append(ref)
-                elif c.tag == "prompt":
-                    s.prompt = ref          # several prompts: the last wins (as the original)
-                elif c.tag == "thought":
-                    s.thought = ref
-                else:
-                    s.items.append(AiItem(c.tag, ref, loc=loc))
-            elif c.tag == "code":
-                a = self.attrs(c, required=("id",), optional=("indent", "inline"))
-                ref = self._ref(c, a, "id", "code")
-                inline = bool(self.bool_attr(c, a, "inline"))
-                indent = 0
-                if "indent" in a:
-                    raw = a["indent"].strip(XML_WS)
-                    if raw.isdigit() and 0 <= int(raw) <= MAX_INDENT:
-                        indent = int(raw)
-                    else:
-                        self.err(c, f"indent={a['indent']!r} must be a whole number from 0 to {MAX_INDENT}")
-                if ref:
-                    s.items.append(AiItem("code", ref, inline=inline, indent=indent, loc=loc))
-            elif c.tag == "response-ids":
-                a = self.attrs(c, required=("response",), optional=("source",))
-                r = self._ref(c, a, "response", "response")
-                src = self._ref(c, a, "source", "source")
-                if r:
-                    s.items.append(AiItem("response", r, loc=loc))
-                if src:
-                    s.items.append(AiItem("source", src, loc=loc))
-            else:  # line-break
-                a = self.attrs(c, optional=("count",))
-                raw = a.get("count", "1").strip(XML_WS)
-                if raw not in ("1", "2"):
-                    self.err(c, f"line-break count={a.get('count')!r} must be 1 or 2")
+                if c.tag == "prompt" and s.prompt is not None:
+                    a = self.attrs(c, required=("id",))
+                    ref = self._ref(c, a, "id", "prompt")
+                    if ref is not None:
+                        turn = RawTurn(ref)
+                        s.turns.append(turn)
                     continue
-                s.items.append(AiItem("line-break", count=int(raw), loc=loc))
+                if turn is not None:
+                    self._turn_child(c, turn)
+                    continue
+            self._first_turn_child(c, s)
         doc.samples.append(s)
+
+    def _turn_child(self, c, turn: RawTurn) -> None:
+        holder = RawSample(self.loc(c))
+        self._first_turn_child(c, holder)
+        if holder.thought is not None:
+            turn.thought = holder.thought
+        turn.items += holder.items
+
+    def _first_turn_child(self, c, s: RawSample) -> None:
+        """One child of a single-turn sample (or of the first turn of a conversation)."""
+        loc = self.loc(c)
+        if c.tag in ("system", "prompt", "thought", "response", "source"):
+            a = self.attrs(c, required=("id",))
+            ref = self._ref(c, a, "id", c.tag)
+            if ref is None:
+                return
+            if c.tag == "system":
+                s.systems.append(ref)
+            elif c.tag == "prompt":
+                s.prompt = ref
+            elif c.tag == "thought":
+                s.thought = ref
+            else:
+                s.items.append(AiItem(c.tag, ref, loc=loc))
+        elif c.tag == "code":
+            a = self.attrs(c, required=("id",), optional=("indent", "inline"))
+            ref = self._ref(c, a, "id", "code")
+            inline = bool(self.bool_attr(c, a, "inline"))
+            indent = 0
+            if "indent" in a:
+                raw = a["indent"].strip(XML_WS)
+                if raw.isdigit() and 0 <= int(raw) <= MAX_INDENT:
+                    indent = int(raw)
+                else:
+                    self.err(c, f"indent={a['indent']!r} must be a whole number from 0 to {MAX_INDENT}")
+            if ref:
+                s.items.append(AiItem("code", ref, inline=inline, indent=indent, loc=loc))
+        elif c.tag == "response-ids":
+            a = self.attrs(c, required=("response",), optional=("source",))
+            r = self._ref(c, a, "response", "response")
+            src = self._ref(c, a, "source", "source")
+            if r:
+                s.items.append(AiItem("response", r, loc=loc))
+            if src:
+                s.items.append(AiItem("source", src, loc=loc))
+        else:  # line-break
+            a = self.attrs(c, optional=("count",))
+            raw = a.get("count", "1").strip(XML_WS)
+            if raw not in ("1", "2"):
+                self.err(c, f"line-break count={a.get('count')!r} must be 1 or 2")
+                return
+            s.items.append(AiItem("line-break", count=int(raw), loc=loc))
 
     def _phrases(self, section, doc: FileDoc) -> None:
         self.attrs(section)
