@@ -15,13 +15,14 @@ from .errors import PoppinsError
 from .native import backend_info
 
 __all__ = ["__version__", "PoppinsError", "backend_info", "bootstrap", "prepare_data",
-           "Tokenizer", "train", "TrainConfig"]
+           "Tokenizer", "train", "TrainConfig", "Memory"]
 
 _LAZY = {
     "bootstrap": ("poppins.bootstrap", "bootstrap"),
     "prepare_data": ("poppins.datastage", "prepare_data"),
     "Tokenizer": ("poppins.tokenizer", "Tokenizer"),
     "train": ("poppins.training", "train"),
+    "Memory": ("poppins.memory", "Memory"),
     "TrainConfig": ("poppins.training", "TrainConfig"),
 }
 

@@ -1,0 +1,171 @@
+"""Conversation memory in SQLite: conversations and their messages, shaped like OpenAI messages.
+
+    from poppins import Memory
+    with Memory(".poppins/memory.db") as mem:
+        cid = mem.new_conversation(system="You are Poppins.")
+        mem.add_turn(cid, "What is poppins?", "A tool that trains small ternary models.")
+        mem.messages(cid)   # [{"role": "system", ...}, {"role": "user", ...}, {"role": "assistant", ...}]
+
+The database uses WAL mode.  A turn (the user's message and the answer) is written in one
+transaction once the answer is complete, so a process killed mid-answer leaves the database
+consistent: the conversation resumes from its last complete turn.  One Memory may be shared
+by threads (a lock serialises its connection); several processes may open the same file.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .errors import PoppinsError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id       TEXT PRIMARY KEY,
+    title    TEXT NOT NULL DEFAULT '',
+    system   TEXT,
+    created  REAL NOT NULL,
+    updated  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id  TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role             TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content          TEXT NOT NULL,
+    created          REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+"""
+
+
+class Memory:
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise PoppinsError(f"{self.path}: memory database version {version} is newer than "
+                                   f"this poppins understands ({SCHEMA_VERSION})")
+            if version == 0:   # CREATE ... IF NOT EXISTS: safe when two processes race here
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise PoppinsError(f"{self.path}: cannot open the memory database ({exc})") from None
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _tx(self):
+        memory = self
+
+        class _Tx:
+            def __enter__(self_):
+                memory._lock.acquire()
+                memory._db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self_, exc_type, *_):
+                try:
+                    memory._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                finally:
+                    memory._lock.release()
+                return False
+        return _Tx()
+
+    def _query(self, sql: str, args: Sequence = ()) -> List[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Memory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- conversations ----------------------------------------------------------------------
+    def new_conversation(self, system: Optional[str] = None, title: str = "") -> str:
+        cid = uuid.uuid4().hex[:12]
+        now = time.time()
+        with self._tx():
+            self._db.execute("INSERT INTO conversations (id, title, system, created, updated) "
+                             "VALUES (?, ?, ?, ?, ?)", (cid, title, system, now, now))
+        return cid
+
+    def exists(self, cid: str) -> bool:
+        return bool(self._query("SELECT 1 FROM conversations WHERE id = ?", (cid,)))
+
+    def _require(self, cid: str) -> None:
+        if not self.exists(cid):
+            raise PoppinsError(f"no conversation {cid!r} in {self.path} (see --list)")
+
+    def system(self, cid: str) -> Optional[str]:
+        self._require(cid)
+        return self._query("SELECT system FROM conversations WHERE id = ?", (cid,))[0][0]
+
+    def add_turn(self, cid: str, user: str, assistant: str) -> None:
+        """The user's message and the complete answer, in one transaction."""
+        now = time.time()
+        with self._tx():
+            row = self._db.execute("SELECT title FROM conversations WHERE id = ?",
+                                   (cid,)).fetchone()
+            if row is None:
+                raise PoppinsError(f"no conversation {cid!r} in {self.path}")
+            self._db.executemany(
+                "INSERT INTO messages (conversation_id, role, content, created) VALUES (?, ?, ?, ?)",
+                [(cid, "user", user, now), (cid, "assistant", assistant, now)])
+            title = row[0] or " ".join(user.split())[:60]
+            self._db.execute("UPDATE conversations SET updated = ?, title = ? WHERE id = ?",
+                             (now, title, cid))
+
+    def messages(self, cid: str) -> List[Dict[str, str]]:
+        """OpenAI-shaped messages, the system prompt first when there is one."""
+        system = self.system(cid)
+        rows = self._query("SELECT role, content FROM messages WHERE conversation_id = ? "
+                           "ORDER BY id", (cid,))
+        head = [{"role": "system", "content": system}] if system else []
+        return head + [{"role": r, "content": c} for r, c in rows]
+
+    def turns(self, cid: str) -> List[Tuple[str, str]]:
+        """(user, assistant) pairs in order."""
+        msgs = [m for m in self.messages(cid) if m["role"] != "system"]
+        return [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(0, len(msgs) - 1, 2)]
+
+    def list_conversations(self) -> List[Dict]:
+        rows = self._query(
+            "SELECT c.id, c.title, c.created, c.updated, COUNT(m.id) FROM conversations c "
+            "LEFT JOIN messages m ON m.conversation_id = c.id GROUP BY c.id ORDER BY c.updated DESC")
+        return [{"id": r[0], "title": r[1], "created": r[2], "updated": r[3], "turns": r[4] // 2}
+                for r in rows]
+
+    def delete(self, cid: str) -> None:
+        with self._tx():
+            if self._db.execute("DELETE FROM conversations WHERE id = ?", (cid,)).rowcount == 0:
+                raise PoppinsError(f"no conversation {cid!r} in {self.path}")
+
+    def integrity_ok(self) -> bool:
+        return self._query("PRAGMA integrity_check")[0][0] == "ok"
+
+
+def fit_recent_turns(turns: Sequence, cost: Callable[[object], int], budget: int) -> list:
+    """The most recent ``turns`` whose total ``cost`` fits in ``budget``, oldest first; older
+    turns are dropped whole, never cut in the middle."""
+    kept, used = [], 0
+    for turn in reversed(turns):
+        c = cost(turn)
+        if used + c > budget:
+            break
+        kept.append(turn)
+        used += c
+    return kept[::-1]
