@@ -1,5 +1,5 @@
 # poppins: the build, documented as targets.
-#   make demo    bootstrap the example train.xml and train a model on it (a few minutes)
+#   make demo    bootstrap the example, train a model on it (a few minutes), ask it a question
 #   make test    install what is needed, build the extensions, run the test suite
 #   make bench   speed against the named peers (pytest-benchmark; ratios in one run)
 #   make build   (re)build the compiled extensions in place (incremental)
@@ -33,6 +33,7 @@ bench: build
 demo: build
 	$(PYTHON) -m poppins bootstrap -o $(DEMO_DIR) --force
 	$(PYTHON) -m poppins train -i $(DEMO_DIR)/train.xml -o $(DEMO_DIR)/.poppins
+	$(PYTHON) -m poppins infer -m $(DEMO_DIR)/.poppins -p "What is poppins?" --temp 0
 
 info: build
 	$(PYTHON) -m poppins info

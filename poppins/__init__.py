@@ -4,6 +4,9 @@ The public API::
 
     import poppins
     poppins.bootstrap("my-model")          # example train.xml + train.xsd + topic files
+    poppins.train("my-model/train.xml", "my-model/.poppins")
+    model = poppins.Model.load("my-model/.poppins")
+    print(model.generate("What is poppins?", temperature=0))
     poppins.backend_info()                 # which compiled kernels are active
 
 Heavier pieces are imported on first use, so ``import poppins`` stays fast.
@@ -15,7 +18,7 @@ from .errors import PoppinsError
 from .native import backend_info
 
 __all__ = ["__version__", "PoppinsError", "backend_info", "bootstrap", "prepare_data",
-           "Tokenizer", "train", "TrainConfig", "Memory"]
+           "Tokenizer", "train", "TrainConfig", "Memory", "Model"]
 
 _LAZY = {
     "bootstrap": ("poppins.bootstrap", "bootstrap"),
@@ -23,6 +26,7 @@ _LAZY = {
     "Tokenizer": ("poppins.tokenizer", "Tokenizer"),
     "train": ("poppins.training", "train"),
     "Memory": ("poppins.memory", "Memory"),
+    "Model": ("poppins.api", "Model"),
     "TrainConfig": ("poppins.training", "TrainConfig"),
 }
 

@@ -13,6 +13,7 @@ by threads (a lock serialises its connection); several processes may open the sa
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS messages (
     conversation_id  TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     role             TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
     content          TEXT NOT NULL,
+    tokens           TEXT,          -- an answer's generated token ids (JSON), thoughts included
     created          REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
@@ -114,28 +116,40 @@ class Memory:
         self._require(cid)
         return self._query("SELECT system FROM conversations WHERE id = ?", (cid,))[0][0]
 
-    def add_turn(self, cid: str, user: str, assistant: str) -> None:
-        """The user's message and the complete answer, in one transaction."""
+    def add_turn(self, cid: str, user: str, assistant: str,
+                 tokens: Optional[Sequence[int]] = None) -> None:
+        """The user's message and the complete answer, in one transaction.  ``tokens``: the
+        answer's generated ids, so a replayed conversation gives the model exactly what it
+        produced (thoughts and structure included), not only the rendered text."""
         now = time.time()
         with self._tx():
             row = self._db.execute("SELECT title FROM conversations WHERE id = ?",
                                    (cid,)).fetchone()
             if row is None:
                 raise PoppinsError(f"no conversation {cid!r} in {self.path}")
+            toks = json.dumps([int(t) for t in tokens]) if tokens is not None else None
             self._db.executemany(
-                "INSERT INTO messages (conversation_id, role, content, created) VALUES (?, ?, ?, ?)",
-                [(cid, "user", user, now), (cid, "assistant", assistant, now)])
+                "INSERT INTO messages (conversation_id, role, content, tokens, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(cid, "user", user, None, now), (cid, "assistant", assistant, toks, now)])
             title = row[0] or " ".join(user.split())[:60]
             self._db.execute("UPDATE conversations SET updated = ?, title = ? WHERE id = ?",
                              (now, title, cid))
 
-    def messages(self, cid: str) -> List[Dict[str, str]]:
-        """OpenAI-shaped messages, the system prompt first when there is one."""
+    def messages(self, cid: str, with_tokens: bool = False) -> List[Dict]:
+        """OpenAI-shaped messages, the system prompt first when there is one; with
+        ``with_tokens`` an answer also carries its generated ids under "tokens"."""
         system = self.system(cid)
-        rows = self._query("SELECT role, content FROM messages WHERE conversation_id = ? "
+        rows = self._query("SELECT role, content, tokens FROM messages WHERE conversation_id = ? "
                            "ORDER BY id", (cid,))
         head = [{"role": "system", "content": system}] if system else []
-        return head + [{"role": r, "content": c} for r, c in rows]
+        out = []
+        for role, content, toks in rows:
+            m = {"role": role, "content": content}
+            if with_tokens and toks is not None:
+                m["tokens"] = json.loads(toks)
+            out.append(m)
+        return head + out
 
     def turns(self, cid: str) -> List[Tuple[str, str]]:
         """(user, assistant) pairs in order."""

@@ -1,6 +1,6 @@
 """The one place that imports poppins' compiled extensions, or falls back to references.
 
-Each kernel family (``bpe``, ``ternary``, ``ops``) is a compiled module ``poppins._<family>``
+Each kernel family (``bpe``, ``ternary``, ``ops``, ``engine``) is a compiled module ``poppins._<family>``
 built from ``ext/<family>/``, mirrored by a pure NumPy/Python reference of the same
 signatures inside the package.  Callers ask ``load("bpe")``: they get the compiled module, or
 ``None`` when it is missing or ``POPPINS_NO_EXT=1`` is set, and then use the reference.  A
@@ -21,12 +21,13 @@ from ._version import __version__
 from .threads import default_threads
 
 #: Kernel families the package knows; each has a reference implementation in the package.
-FAMILIES = ("bpe", "ternary", "ops")
+FAMILIES = ("bpe", "ternary", "ops", "engine")
 
 #: The Python layer of a family and its loader: calling it applies POPPINS_KERNEL to the
 #: compiled module, so backend_info() shows the path that will really run.
 _WRAPPERS = {"ternary": ("poppins.engine.kernels", "_backend"),
-             "ops": ("poppins.model.kernels", "_ops")}
+             "ops": ("poppins.model.kernels", "_ops"),
+             "engine": ("poppins.engine.ops", "_mod")}
 
 _cache: Dict[str, Optional[Any]] = {}
 _reason: Dict[str, str] = {}

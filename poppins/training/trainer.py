@@ -48,6 +48,7 @@ class TrainResult:
     val_loss: Optional[float]
     stopped: str                      # "done" | "aim-loss" | "SIGINT" | "SIGTERM"
     checkpoint: Path
+    model_file: Optional[Path]
     config: TrainConfig
     model_config: ModelConfig
     history: List[list] = field(default_factory=list)   # [step, loss, val or None]
@@ -240,6 +241,14 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
                 break
     seconds = time.perf_counter() - t0
     model.release_buffers()
+    model_file = None
+    if stopped not in ("SIGINT", "SIGTERM"):
+        from ..engine.export import export_model
+
+        model_file = export_model(
+            model, out_dir / "model.poppins",
+            tokenizer_json=(out_dir / "tokenizer.json").read_text(encoding="utf-8"),
+            sources=manifest.get("sources") or {}, default_system=manifest.get("default_system"))
     if stopped in ("SIGINT", "SIGTERM"):
         prog.message(f"stopped  by {stopped} at step {step}/{total}; checkpoint {ckpt} "
                      f"(continue with --resume)")
@@ -249,9 +258,12 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         vals = [h[2] for h in history if h[2] is not None]
         prog.message(f"done     {step} steps in {fmt_duration(seconds)}; loss {loss:.4f}"
                      + (f", val {vals[-1]:.4f}" if vals else "") + f"; checkpoint {ckpt}")
+        prog.message(f"model    {model_file} (ask it: python -m poppins infer -m {out_dir} "
+                     f"-p \"...\")")
     last_val = next((h[2] for h in reversed(history) if h[2] is not None), None)
     return TrainResult(out_dir=out_dir, steps=step, total_steps=total, seconds=seconds,
                        train_loss=loss, val_loss=last_val, stopped=stopped, checkpoint=ckpt,
+                       model_file=model_file,
                        config=cfg, model_config=mcfg, history=history)
 
 

@@ -1,0 +1,621 @@
+# cython: language_level=3
+"""Compiled engine ops (poppins._engine): RMSNorm + int8 quantization, squared ReLU,
+dequantization of the ternary kernels' int32 sums, RoPE, attention over the KV cache (MHA/GQA
+and MLA's absorbed latent attention), the output head (f32 / f16 / int8) and the embedding.
+
+Same names and signatures as the NumPy references in poppins/engine/ops_ref.py (see there for
+what each computes); every op releases the GIL and splits its work over ``threads`` OpenMP
+threads when it is large enough.  Float arrays are float32 with contiguous rows (any row
+stride); the quantizer is decisions.md's (s = 127 / max|y| in float32, round half to even).
+"""
+import numpy as np
+
+from cython.parallel cimport prange, parallel
+from libc.math cimport sqrt, expf, nearbyintf, fabsf, isinf
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from libc.stdint cimport int8_t, uint16_t, int32_t, int64_t, uint64_t
+from engine_api cimport *
+
+eng_init()
+eng_step_init()  # CPU detection of the step's kernels, once, before any thread uses them
+
+#: below this many elements of work an op runs on one thread
+cdef int64_t MIN_PAR = 1 << 15
+
+
+cdef inline int _nt(int threads, int64_t work) noexcept nogil:
+    if threads < 1 or work < MIN_PAR:
+        return 1
+    return threads
+
+
+def build_info():
+    """openmp, the dot-product path ("kernel"), the paths available, and the matrix-vector
+    product of the decode step (its own AVX-512 VNNI kernel, else the ternary kernels)."""
+    return {"openmp": bool(poppins_build_openmp()), "kernel": eng_kernel_name(eng_kernel()).decode(),
+            "available": [eng_kernel_name(i).decode() for i in range(ENG_NKERNELS)
+                          if eng_kernel_available(i)],
+            "decode_matvec": "avx512vnni" if eng_matvec_avx512_ok() else "ternary"}
+
+
+def set_kernel(str name):
+    """Force a path ("scalar", "avx2"); ValueError when it is not available."""
+    for i in range(ENG_NKERNELS):
+        if eng_kernel_name(i).decode() == name:
+            if eng_set_kernel(i) == 0:
+                return
+    raise ValueError(f"engine kernel path {name!r} is not available")
+
+
+cdef inline void _rows_ok(name, mv) except *:
+    if mv.shape[0] and mv.shape[1] and mv.strides[1] != mv.itemsize:
+        raise ValueError(f"{name}: rows must be contiguous")
+
+
+# --------------------------------------------------------------------------- quantization
+cdef inline void _quant_row(const float *y, int64_t d, int8_t *q, float *s) noexcept nogil:
+    cdef float amax = 0, v, sc = 1, z
+    cdef int64_t k
+    for k in range(d):
+        v = fabsf(y[k])
+        if v > amax:
+            amax = v
+    if amax > 0:
+        sc = (<float>127.0) / amax
+        if isinf(sc):
+            memset(q, 0, d)
+            s[0] = 1
+            return
+    for k in range(d):
+        z = nearbyintf(y[k] * sc)
+        if z > 127:
+            z = 127
+        elif z < -128:
+            z = -128
+        q[k] = <int8_t>z
+    s[0] = sc
+
+
+cdef inline void _rms_row(const float *x, const float *g, int64_t d, double eps,
+                          float *y) noexcept nogil:
+    cdef double ms = 0
+    cdef int64_t k
+    cdef float r
+    for k in range(d):
+        ms += <double>x[k] * <double>x[k]
+    ms = ms / d
+    r = <float>(1.0 / sqrt(ms + eps))
+    for k in range(d):
+        y[k] = (x[k] * r) * g[k]
+
+
+def rmsnorm(const float[:, :] x, const float[::1] g, double eps, float[:, :] out, int threads=1):
+    cdef int64_t n = x.shape[0], d = x.shape[1], i
+    _rows_ok("x", x); _rows_ok("out", out)
+    if g.shape[0] != d or out.shape[0] != n or out.shape[1] != d:
+        raise ValueError("rmsnorm: shape mismatch")
+    if n == 0 or d == 0:
+        return
+    cdef int nt = _nt(threads, n * d)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        _rms_row(&x[i, 0], &g[0], d, eps, &out[i, 0])
+
+
+def rmsnorm_quant(const float[:, :] x, const float[::1] g, double eps, int8_t[:, :] q,
+                  float[::1] scales, int threads=1):
+    cdef int64_t n = x.shape[0], d = x.shape[1], i
+    _rows_ok("x", x); _rows_ok("q", q)
+    if g.shape[0] != d or q.shape[0] != n or q.shape[1] != d or scales.shape[0] != n:
+        raise ValueError("rmsnorm_quant: shape mismatch")
+    if n == 0 or d == 0:
+        return
+    cdef int nt = _nt(threads, n * d)
+    cdef float *buf = NULL
+    with nogil, parallel(num_threads=nt):
+        buf = <float *>malloc(d * sizeof(float))
+        for i in prange(n, schedule="static"):
+            _rms_row(&x[i, 0], &g[0], d, eps, buf)
+            _quant_row(buf, d, &q[i, 0], &scales[i])
+        free(buf)
+
+
+def quant_rows(const float[:, :] x, int8_t[:, :] q, float[::1] scales, int threads=1):
+    cdef int64_t n = x.shape[0], d = x.shape[1], i
+    _rows_ok("x", x); _rows_ok("q", q)
+    if q.shape[0] != n or q.shape[1] != d or scales.shape[0] != n:
+        raise ValueError("quant_rows: shape mismatch")
+    if n == 0:
+        return
+    if d == 0:
+        scales[:] = 1
+        return
+    cdef int nt = _nt(threads, n * d)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        _quant_row(&x[i, 0], d, &q[i, 0], &scales[i])
+
+
+def relu2_quant(const float[:, :] u, int8_t[:, :] q, float[::1] scales, int threads=1):
+    cdef int64_t n = u.shape[0], d = u.shape[1], i, k
+    _rows_ok("u", u); _rows_ok("q", q)
+    if q.shape[0] != n or q.shape[1] != d or scales.shape[0] != n:
+        raise ValueError("relu2_quant: shape mismatch")
+    if n == 0 or d == 0:
+        return
+    cdef int nt = _nt(threads, n * d)
+    cdef float *buf = NULL
+    cdef float v
+    with nogil, parallel(num_threads=nt):
+        buf = <float *>malloc(d * sizeof(float))
+        for i in prange(n, schedule="static"):
+            for k in range(d):
+                v = u[i, k]
+                if v < 0:
+                    v = 0
+                buf[k] = v * v
+            _quant_row(buf, d, &q[i, 0], &scales[i])
+        free(buf)
+
+
+def dequant(const int32_t[:, :] acc, double wscale, const float[::1] xscales, float[:, :] out,
+            bint accumulate, int threads=1):
+    cdef int64_t n = acc.shape[0], m = acc.shape[1], i, j
+    _rows_ok("out", out)
+    if out.shape[0] != n or out.shape[1] != m or xscales.shape[0] != n:
+        raise ValueError("dequant: shape mismatch")
+    cdef float ws = <float>wscale, f
+    cdef int nt = _nt(threads, n * m)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        f = ws / xscales[i]
+        if accumulate:
+            for j in range(m):
+                out[i, j] = out[i, j] + (<float>acc[i, j]) * f
+        else:
+            for j in range(m):
+                out[i, j] = (<float>acc[i, j]) * f
+
+
+# --------------------------------------------------------------------------- rope
+def rope(float[:, :] x, const float[:, ::1] cos, const float[:, ::1] sin, int64_t pos0,
+         int64_t nheads, int64_t head_stride, int64_t offset, int threads=1):
+    cdef int64_t n = x.shape[0], half = cos.shape[1], t, h, i, c0, pos
+    cdef float a, b, c, s
+    _rows_ok("x", x)
+    if pos0 < 0 or pos0 + n > cos.shape[0] or sin.shape[0] != cos.shape[0] \
+            or sin.shape[1] != half:
+        raise ValueError("rope: positions outside the tables")
+    if n and (offset < 0 or offset + 2 * half > head_stride
+              or (nheads - 1) * head_stride + offset + 2 * half > x.shape[1]):
+        raise ValueError("rope: rotated columns fall outside the rows")
+    if n == 0 or nheads == 0:
+        return
+    cdef int nt = _nt(threads, n * nheads * half * 4)
+    for t in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        pos = pos0 + t
+        for h in range(nheads):
+            c0 = h * head_stride + offset
+            for i in range(half):
+                a = x[t, c0 + i]
+                b = x[t, c0 + half + i]
+                c = cos[pos, i]
+                s = sin[pos, i]
+                x[t, c0 + i] = a * c - b * s
+                x[t, c0 + half + i] = a * s + b * c
+
+
+# --------------------------------------------------------------------------- attention
+cdef inline void _softmax_mix(float *sc, int64_t P, const float *v, int64_t v_stride,
+                              int64_t dv, float *o) noexcept nogil:
+    """o[:dv] = sum_j softmax(sc)[j] * v[j*v_stride : +dv]."""
+    cdef float mx = sc[0], z = 0, p
+    cdef int64_t j, c
+    for j in range(1, P):
+        if sc[j] > mx:
+            mx = sc[j]
+    for c in range(dv):
+        o[c] = 0
+    for j in range(P):
+        p = expf(sc[j] - mx)
+        z = z + p
+        eng_axpy_f32(p, v + j * v_stride, o, dv)
+    p = 1 / z
+    for c in range(dv):
+        o[c] = o[c] * p
+
+
+def attention(const float[:, :] q, const float[:, :] kc, const float[:, :] vc, float[:, :] out,
+              int64_t pos0, int64_t n_heads, int64_t n_kv_heads, double scale, int threads=1):
+    cdef int64_t n = q.shape[0], H = n_heads, Hk = n_kv_heads
+    _rows_ok("q", q); _rows_ok("kc", kc); _rows_ok("vc", vc); _rows_ok("out", out)
+    if H <= 0 or Hk <= 0 or H % Hk or q.shape[1] % H or vc.shape[1] % Hk:
+        raise ValueError("attention: bad head counts")
+    cdef int64_t dk = q.shape[1] // H, dv = vc.shape[1] // Hk, grp = H // Hk
+    if kc.shape[1] != Hk * dk or out.shape[0] != n or out.shape[1] != H * dv \
+            or kc.shape[0] < pos0 + n or vc.shape[0] < pos0 + n or pos0 < 0:
+        raise ValueError("attention: shape mismatch")
+    if n == 0:
+        return
+    cdef int64_t ks = kc.strides[0] // 4, vs = vc.strides[0] // 4
+    cdef int64_t Pmax = pos0 + n, job, t, h, hk, P, j
+    cdef float sc = <float>scale
+    cdef float *buf = NULL
+    cdef const float *qh
+    cdef const float *k0 = &kc[0, 0]
+    cdef const float *v0 = &vc[0, 0]
+    cdef int nt = _nt(threads, n * H * Pmax * (dk + dv))
+    with nogil, parallel(num_threads=nt):
+        buf = <float *>malloc(Pmax * sizeof(float))
+        for job in prange(n * H, schedule="static"):
+            t = job // H
+            h = job % H
+            hk = h // grp
+            P = pos0 + t + 1
+            qh = &q[t, h * dk]
+            for j in range(P):
+                buf[j] = eng_dot_f32(qh, k0 + j * ks + hk * dk, dk) * sc
+            _softmax_mix(buf, P, v0 + hk * dv, vs, dv, &out[t, h * dv])
+        free(buf)
+
+
+def mla_attention(const float[:, :] q, const float[:, :] ckv, const float[:, :] kr,
+                  const float[:, ::1] wkv_b, double wscale, float[:, :] out, int64_t pos0,
+                  int64_t n_heads, int64_t head_dim, double scale, int threads=1):
+    cdef int64_t n = q.shape[0], H = n_heads, hd = head_dim
+    cdef int64_t kvl = ckv.shape[1], r = kr.shape[1], w = hd + r
+    _rows_ok("q", q); _rows_ok("ckv", ckv); _rows_ok("kr", kr); _rows_ok("out", out)
+    if q.shape[1] != H * w or wkv_b.shape[0] != 2 * H * hd or wkv_b.shape[1] != kvl \
+            or out.shape[0] != n or out.shape[1] != H * hd or pos0 < 0 \
+            or ckv.shape[0] < pos0 + n or kr.shape[0] < pos0 + n:
+        raise ValueError("mla_attention: shape mismatch")
+    if n == 0:
+        return
+    cdef int64_t cs = ckv.strides[0] // 4, rs = kr.strides[0] // 4
+    cdef int64_t Pmax = pos0 + n, job, t, h, P, j, i, c
+    cdef float ws = <float>wscale, sc = <float>scale, a
+    cdef float *buf = NULL
+    cdef float *u = NULL
+    cdef float *m = NULL
+    cdef const float *qn
+    cdef const float *wr
+    cdef const float *c0 = &ckv[0, 0]
+    cdef const float *r0 = &kr[0, 0]
+    cdef int nt = _nt(threads, n * H * (Pmax * (2 * kvl + r) + 2 * hd * kvl))
+    with nogil, parallel(num_threads=nt):
+        buf = <float *>malloc((Pmax + 2 * kvl) * sizeof(float))
+        u = buf + Pmax
+        m = u + kvl
+        for job in prange(n * H, schedule="static"):
+            t = job // H
+            h = job % H
+            P = pos0 + t + 1
+            qn = &q[t, h * w]
+            for c in range(kvl):
+                u[c] = 0
+            for i in range(hd):
+                a = qn[i]
+                wr = &wkv_b[h * hd + i, 0]
+                for c in range(kvl):
+                    u[c] = u[c] + a * wr[c]
+            for c in range(kvl):
+                u[c] = u[c] * ws
+            for j in range(P):
+                buf[j] = (eng_dot_f32(u, c0 + j * cs, kvl)
+                          + eng_dot_f32(qn + hd, r0 + j * rs, r)) * sc
+            _softmax_mix(buf, P, c0, cs, kvl, m)
+            for i in range(hd):
+                out[t, h * hd + i] = eng_dot_f32(&wkv_b[(H + h) * hd + i, 0], m, kvl) * ws
+        free(buf)
+
+
+# --------------------------------------------------------------------------- head, embedding
+def head_logits(const float[:, :] h, table, const float[::1] row_scale, float[:, :] out,
+                int threads=1):
+    """out [n, V] = h @ table^T (int8 rows times row_scale)."""
+    cdef int64_t n = h.shape[0], d = h.shape[1], V, v, t
+    _rows_ok("h", h); _rows_ok("out", out)
+    arr = np.asarray(table)
+    if arr.ndim != 2 or arr.shape[1] != d or not arr.flags.c_contiguous:
+        raise ValueError("head_logits: table must be C-contiguous [V, d]")
+    V = arr.shape[0]
+    if out.shape[0] != n or out.shape[1] != V:
+        raise ValueError("head_logits: out must be [n, V]")
+    cdef const float[:, ::1] tf
+    cdef const uint16_t[:, ::1] th
+    cdef const int8_t[:, ::1] ti
+    cdef int kind
+    if arr.dtype == np.float32:
+        kind = 0
+        tf = arr
+    elif arr.dtype == np.float16:
+        kind = 1
+        th = arr.view(np.uint16)
+    elif arr.dtype == np.int8:
+        kind = 2
+        ti = arr
+        if row_scale.shape[0] != V:
+            raise ValueError("head_logits: row_scale must have V entries")
+    else:
+        raise TypeError(f"head_logits: table dtype {arr.dtype} is not float32/float16/int8")
+    if n == 0 or V == 0:
+        return
+    if d == 0:
+        out[:, :] = 0
+        return
+    cdef int nt = _nt(threads, n * V * d // 8)
+    for v in prange(V, nogil=True, num_threads=nt, schedule="static"):
+        for t in range(n):
+            if kind == 0:
+                out[t, v] = eng_dot_f32(&tf[v, 0], &h[t, 0], d)
+            elif kind == 1:
+                out[t, v] = eng_dot_f16(&th[v, 0], &h[t, 0], d)
+            else:
+                out[t, v] = eng_dot_i8(&ti[v, 0], &h[t, 0], d) * row_scale[v]
+
+
+def embed(table, const float[::1] row_scale, const int32_t[::1] tokens, float[:, :] out,
+          int threads=1):
+    """out[i] = table[tokens[i]] as float32 (int8 rows times row_scale)."""
+    cdef int64_t n = tokens.shape[0], d, V, i, k, tok
+    _rows_ok("out", out)
+    arr = np.asarray(table)
+    if arr.ndim != 2 or not arr.flags.c_contiguous:
+        raise ValueError("embed: table must be C-contiguous [V, d]")
+    V, d = arr.shape[0], arr.shape[1]
+    if out.shape[0] != n or out.shape[1] != d:
+        raise ValueError("embed: out must be [n, d]")
+    for i in range(n):
+        if tokens[i] < 0 or tokens[i] >= V:
+            raise ValueError("embed: token id out of range")
+    cdef const float[:, ::1] tf
+    cdef const uint16_t[:, ::1] th
+    cdef const int8_t[:, ::1] ti
+    if arr.dtype == np.float32:
+        tf = arr
+        for i in range(n):
+            for k in range(d):
+                out[i, k] = tf[tokens[i], k]
+    elif arr.dtype == np.float16:
+        th = arr.view(np.uint16)
+        for i in range(n):
+            for k in range(d):
+                out[i, k] = eng_half_to_float(th[tokens[i], k])
+    elif arr.dtype == np.int8:
+        ti = arr
+        if row_scale.shape[0] != V:
+            raise ValueError("embed: row_scale must have V entries")
+        for i in range(n):
+            tok = tokens[i]
+            for k in range(d):
+                out[i, k] = (<float>ti[tok, k]) * row_scale[tok]
+    else:
+        raise TypeError(f"embed: table dtype {arr.dtype} is not float32/float16/int8")
+
+
+# --------------------------------------------------------------------------- the decode step
+cdef size_t _addr(a) except 0:
+    if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+        raise ValueError("decode plan: arrays must be C-contiguous numpy arrays")
+    if a.size == 0:
+        raise ValueError("decode plan: empty array")
+    return <size_t>a.__array_interface__["data"][0]
+
+
+cdef int _kind(a) except -1:
+    if a.dtype == np.float32:
+        return 0
+    if a.dtype == np.float16:
+        return 1
+    if a.dtype == np.int8:
+        return 2
+    raise TypeError(f"decode plan: table dtype {a.dtype} is not float32/float16/int8")
+
+
+cdef void _tern(eng_tern *t, w, list keep) except *:
+    if w is None:
+        t.w = NULL
+        t.m = t.k = t.stride = 0
+        t.scale = 0
+        return
+    keep.append(w.data)
+    t.w = <const uint8_t *>_addr(w.data)
+    t.stride = w.data.shape[1]
+    t.m = w.m
+    t.k = w.k
+    t.scale = <float>w.scale
+
+
+cdef class DecodePlan:
+    """The weights of a poppins.engine.runtime.Engine as C pointers for eng_decode_step()
+    (the Engine's arrays are kept alive by this object)."""
+    cdef eng_model M
+    cdef eng_layer *L
+    cdef list keep
+
+    def __cinit__(self, engine, int kernel=-1):
+        cfg = engine.cfg
+        self.keep = []
+        self.L = <eng_layer *>malloc(cfg.layers * sizeof(eng_layer))
+        if self.L == NULL:
+            raise MemoryError()
+        memset(self.L, 0, cfg.layers * sizeof(eng_layer))
+        cdef eng_model *M = &self.M
+        cdef eng_layer *Lc
+        M.mla = 1 if cfg.attention == "mla" else 0
+        M.dim, M.layers, M.heads = cfg.dim, cfg.layers, cfg.heads
+        M.kv_heads, M.head_dim, M.hidden = cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim
+        M.kvl = cfg.kv_latent if M.mla else 0
+        M.rope = cfg.rope_width if M.mla else 0
+        M.qlat = (cfg.q_latent_dim or 0) if M.mla else 0
+        M.vocab = cfg.vocab_size
+        M.eps = cfg.norm_eps
+        keep = self.keep
+        for a in (engine.cos, engine.sin, engine.emb, engine.emb_scale, engine.head,
+                  engine.head_scale, engine.final_norm):
+            keep.append(a)
+        M.cos = <const float *>_addr(engine.cos)
+        M.sin = <const float *>_addr(engine.sin)
+        M.rot_half = engine.cos.shape[1]
+        M.rope_rows = engine.cos.shape[0]
+        M.emb = <const void *>_addr(engine.emb)
+        M.emb_kind = _kind(engine.emb)
+        M.emb_scale = <const float *>_addr(engine.emb_scale)
+        M.head = <const void *>_addr(engine.head)
+        M.head_kind = _kind(engine.head)
+        M.head_scale = <const float *>_addr(engine.head_scale)
+        M.final_norm = <const float *>_addr(engine.final_norm)
+        M.kernel = kernel
+        for i, Ly in enumerate(engine.layers):
+            Lc = &self.L[i]
+            keep.extend([Ly.attn_norm, Ly.ffn_norm])
+            Lc.attn_norm = <const float *>_addr(Ly.attn_norm)
+            Lc.ffn_norm = <const float *>_addr(Ly.ffn_norm)
+            if Ly.q_norm is not None:
+                keep.append(Ly.q_norm)
+                Lc.q_norm = <const float *>_addr(Ly.q_norm)
+            if Ly.kv_norm is not None:
+                keep.append(Ly.kv_norm)
+                Lc.kv_norm = <const float *>_addr(Ly.kv_norm)
+            if Ly.wkv_b_vals is not None:
+                keep.append(Ly.wkv_b_vals)
+                Lc.wkv_b = <const float *>_addr(Ly.wkv_b_vals)
+                Lc.wkv_b_scale = <float>Ly.wkv_b.scale
+            _tern(&Lc.wqkv, Ly.wqkv, keep)
+            _tern(&Lc.wq, Ly.wq, keep)
+            _tern(&Lc.wq_a, Ly.wq_a, keep)
+            _tern(&Lc.wq_b, Ly.wq_b, keep)
+            _tern(&Lc.wkv_a, Ly.wkv_a, keep)
+            _tern(&Lc.wo, Ly.wo, keep)
+            _tern(&Lc.w_up, Ly.w_up, keep)
+            _tern(&Lc.w_down, Ly.w_down, keep)
+        M.L = self.L
+
+    def __dealloc__(self):
+        free(self.L)
+
+
+cdef void _params(eng_sampling *sp, params) except *:
+    sp.temperature = float(params.temperature)
+    sp.top_k = int(params.top_k)
+    sp.top_p = float(params.top_p)
+    sp.min_p = float(params.min_p)
+    sp.repeat_penalty = float(params.repeat_penalty)
+    sp.repeat_last_n = int(params.repeat_last_n)
+
+
+def sample(const float[::1] logits, params, uint64_t state, const int32_t[::1] recent):
+    """(token, new state): the C sampler (same signature as
+    poppins.engine.sampling.sample_reference); params: a SamplingParams."""
+    cdef eng_sampling sp
+    _params(&sp, params)
+    cdef int64_t V = logits.shape[0], nr = recent.shape[0]
+    if V == 0:
+        raise ValueError("sample: empty logits")
+    work = np.empty(eng_sample_work_bytes(V), np.uint8)
+    cdef uint8_t[::1] wv = work
+    cdef int32_t tok
+    cdef const int32_t *rp = &recent[0] if nr > 0 else NULL
+    with nogil:
+        tok = eng_sample(&sp, &state, &logits[0], V, rp, nr, &wv[0])
+    return tok, state
+
+
+cdef class DecodeSession:
+    """One session's KV cache arrays (owned by the Python Session) bound to a DecodePlan."""
+    cdef DecodePlan plan
+    cdef eng_session *S
+    cdef float **ca
+    cdef float **cb
+    cdef list keep
+    cdef int64_t ctx, vocab
+    cdef object work
+
+    def __cinit__(self, DecodePlan plan, list cache_a, list cache_b, int64_t ctx):
+        cdef int64_t L = plan.M.layers, i
+        if len(cache_a) != L or len(cache_b) != L:
+            raise ValueError("decode session: one pair of caches per layer")
+        self.plan = plan
+        self.keep = list(cache_a) + list(cache_b)
+        self.ctx = ctx
+        self.vocab = plan.M.vocab
+        self.ca = <float **>malloc(L * sizeof(float *))
+        self.cb = <float **>malloc(L * sizeof(float *))
+        if self.ca == NULL or self.cb == NULL:
+            raise MemoryError()
+        for i in range(L):
+            for arr in (cache_a[i], cache_b[i]):
+                if arr.dtype != np.float32 or arr.shape[0] < ctx or not arr.flags.writeable:
+                    raise ValueError("decode session: caches must be writable float32 arrays "
+                                     "of ctx rows")
+            self.ca[i] = <float *>_addr(cache_a[i])
+            self.cb[i] = <float *>_addr(cache_b[i])
+        self.S = eng_session_new(&plan.M, self.ca, self.cb, ctx)
+        if self.S == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        eng_session_free(self.S)
+        free(self.ca)
+        free(self.cb)
+
+    def step_sample(self, int token, int64_t pos, float[::1] logits, int threads, params,
+                    uint64_t state, const int32_t[::1] recent, int64_t n_recent):
+        """Feed one token at pos, then sample the next one from the new logits with the C
+        sampler (recent[:n_recent] is the context for the repeat penalty), all without the
+        GIL.  Returns (next token, new generator state)."""
+        cdef eng_sampling sp
+        cdef int rc
+        cdef int32_t tok = -1
+        _params(&sp, params)
+        if logits.shape[0] != self.vocab:
+            raise ValueError("decode step: logits must have vocab entries")
+        if n_recent < 0 or n_recent > recent.shape[0]:
+            raise ValueError("decode step: n_recent out of range")
+        if self.work is None:
+            self.work = np.empty(eng_sample_work_bytes(self.vocab), np.uint8)
+        cdef uint8_t[::1] wv = self.work
+        cdef const int32_t *rp = &recent[0] if n_recent > 0 else NULL
+        with nogil:
+            rc = eng_decode_step(&self.plan.M, self.S, token, pos, &logits[0], threads)
+            if rc == 0:
+                tok = eng_sample(&sp, &state, &logits[0], self.vocab, rp, n_recent, &wv[0])
+        if rc != 0:
+            raise ValueError(f"decode step: bad token {token} or position {pos}")
+        return tok, state
+
+    def step(self, int token, int64_t pos, float[::1] logits, int threads=1):
+        """Feed one token at position pos; logits[vocab] receives the next-token logits."""
+        cdef int rc
+        if logits.shape[0] != self.vocab:
+            raise ValueError("decode step: logits must have vocab entries")
+        with nogil:
+            rc = eng_decode_step(&self.plan.M, self.S, token, pos, &logits[0], threads)
+        if rc != 0:
+            raise ValueError(f"decode step: bad token {token} or position {pos}")
+
+
+def decode_matvec_available():
+    """True when the decode step's own AVX-512 VNNI matrix-vector product runs here."""
+    return bool(eng_matvec_avx512_ok())
+
+
+def decode_matvec(const uint8_t[:, ::1] w, int64_t k, const int8_t[::1] x, int32_t[::1] y,
+                  int reps=1):
+    """y = t @ x with the decode step's AVX-512 VNNI kernel (b256 rows of w, k weights per
+    row); x is zero-padded internally.  ``reps`` repeats the product (for timing)."""
+    cdef int64_t m = w.shape[0], nb = (k + 255) // 256, i
+    cdef int32_t xsum = 0
+    if not eng_matvec_avx512_ok():
+        raise RuntimeError("the AVX-512 VNNI decode kernel is not available here")
+    if x.shape[0] != k or y.shape[0] != m or w.shape[1] < nb * 64:
+        raise ValueError("decode_matvec: shape mismatch")
+    xp = np.zeros(max(nb * 256, 1), np.int8)
+    xp[:k] = np.asarray(x)
+    cdef const int8_t[::1] xv = xp
+    for i in range(k):
+        xsum += x[i]
+    if m == 0 or k == 0:
+        y[:] = 0
+        return
+    with nogil:
+        for i in range(reps):
+            ENG_MV512(&w[0, 0], w.shape[1], m, nb, &xv[0], xsum, &y[0])

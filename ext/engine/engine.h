@@ -1,0 +1,49 @@
+/* poppins engine ops: the dot products behind the output head and attention.
+ *
+ * eng_dot_f32 / eng_dot_i8 / eng_dot_f16 return sum_i a[i] * b[i] in float32 (a as float32,
+ * float16 or int8 values; b float32), with 8-16 independent partial sums (the order differs
+ * from a sequential sum, as any SIMD dot product does).  eng_init() picks the best path the
+ * CPU runs (AVX2+FMA+F16C when compiled in and present, else portable C); no environment is
+ * read here: eng_set_kernel() forces a path.
+ */
+#ifndef POPPINS_ENGINE_H
+#define POPPINS_ENGINE_H
+
+#include <stdint.h>
+
+enum { ENG_SCALAR = 0, ENG_AVX2 = 1, ENG_NKERNELS = 2 };
+
+int eng_init(void);
+int eng_kernel(void);
+int eng_kernel_available(int kernel);
+int eng_set_kernel(int kernel);         /* 0 ok, -1 not available */
+const char *eng_kernel_name(int kernel);
+
+float eng_dot_f32(const float *a, const float *b, int64_t n);
+float eng_dot_i8(const int8_t *a, const float *b, int64_t n);
+float eng_dot_f16(const uint16_t *a, const float *b, int64_t n);
+float eng_half_to_float(uint16_t h);
+/* y[i] += a * x[i] (the attention's weighted sum of values) */
+void eng_axpy_f32(float a, const float *x, float *y, int64_t n);
+
+/* per-path implementations */
+float eng_dot_f32_scalar(const float *a, const float *b, int64_t n);
+float eng_dot_i8_scalar(const int8_t *a, const float *b, int64_t n);
+float eng_dot_f16_scalar(const uint16_t *a, const float *b, int64_t n);
+void eng_axpy_f32_scalar(float a, const float *x, float *y, int64_t n);
+#ifdef POPPINS_HAVE_AVX2
+void eng_axpy_f32_avx2(float a, const float *x, float *y, int64_t n);
+float eng_dot_f32_avx2(const float *a, const float *b, int64_t n);
+float eng_dot_i8_avx2(const int8_t *a, const float *b, int64_t n);
+float eng_dot_f16_avx2(const uint16_t *a, const float *b, int64_t n);
+#endif
+#ifdef POPPINS_HAVE_AVX512
+/* y[r] = sum_i t[r][i] x[i] for rows [0, m) of a b256 matrix (nb blocks per row), x zero-padded
+ * to nb * 256 bytes, xsum = sum of x (engine_avx512.c). */
+void eng_matvec_avx512(const uint8_t *w, int64_t stride, int64_t m, int64_t nb,
+                       const int8_t *x, int32_t xsum, int32_t *y);
+#endif
+/* 1 when eng_matvec_avx512 is compiled in and the CPU runs it. */
+int eng_matvec_avx512_ok(void);
+
+#endif

@@ -1,0 +1,79 @@
+# The nogil C API of the engine dot products (ext/engine/engine.h).
+from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t, uint64_t
+
+cdef extern from "engine.h" nogil:
+    int ENG_NKERNELS
+    int eng_init()
+    int eng_kernel()
+    int eng_kernel_available(int kernel)
+    int eng_set_kernel(int kernel)
+    const char *eng_kernel_name(int kernel)
+    float eng_dot_f32(const float *a, const float *b, int64_t n)
+    float eng_dot_i8(const int8_t *a, const float *b, int64_t n)
+    float eng_dot_f16(const uint16_t *a, const float *b, int64_t n)
+    float eng_half_to_float(uint16_t h)
+    void eng_axpy_f32(float a, const float *x, float *y, int64_t n)
+
+cdef extern from "poppins_common.h" nogil:
+    int poppins_build_openmp()
+
+cdef extern from "engine_step.h" nogil:
+    ctypedef struct eng_tern:
+        const uint8_t *w
+        int64_t stride, m, k
+        float scale
+    ctypedef struct eng_layer:
+        const float *attn_norm
+        const float *ffn_norm
+        const float *q_norm
+        const float *kv_norm
+        eng_tern wqkv, wq, wq_a, wq_b, wkv_a, wo, w_up, w_down
+        const float *wkv_b
+        float wkv_b_scale
+    ctypedef struct eng_model:
+        int mla
+        int64_t dim, layers, heads, kv_heads, head_dim, hidden, kvl, rope, qlat, vocab
+        double eps
+        const float *cos
+        const float *sin
+        int64_t rot_half, rope_rows
+        const void *emb
+        int emb_kind
+        const float *emb_scale
+        const void *head
+        int head_kind
+        const float *head_scale
+        const float *final_norm
+        const eng_layer *L
+        int kernel
+    ctypedef struct eng_session:
+        pass
+    void eng_step_init()
+    eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_b, int64_t ctx)
+    void eng_session_free(eng_session *S)
+    int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
+                        float *logits, int threads)
+
+cdef extern from "engine.h" nogil:
+    int eng_matvec_avx512_ok()
+
+cdef extern from *:
+    """
+    #ifdef POPPINS_HAVE_AVX512
+    #define ENG_MV512(w, s, m, nb, x, xs, y) eng_matvec_avx512(w, s, m, nb, x, xs, y)
+    #else
+    #define ENG_MV512(w, s, m, nb, x, xs, y) ((void)0)
+    #endif
+    """
+    void ENG_MV512(const uint8_t *w, int64_t stride, int64_t m, int64_t nb, const int8_t *x,
+                   int32_t xsum, int32_t *y) nogil
+
+cdef extern from "engine_sample.h" nogil:
+    ctypedef struct eng_sampling:
+        double temperature, top_p, min_p, repeat_penalty
+        int64_t top_k, repeat_last_n
+    uint64_t eng_splitmix64(uint64_t *state)
+    double eng_uniform(uint64_t *state)
+    int64_t eng_sample_work_bytes(int64_t V)
+    int32_t eng_sample(const eng_sampling *p, uint64_t *state, const float *logits, int64_t V,
+                       const int32_t *recent, int64_t n_recent, void *work)

@@ -1,0 +1,141 @@
+/* Portable C paths of the engine dot products (see engine.h) and the dispatch. */
+#include <math.h>
+#include <string.h>
+#include "engine.h"
+
+float eng_half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {                          /* subnormal: normalize */
+            int e = -1;
+            do { e++; man <<= 1; } while (!(man & 0x400));
+            man &= 0x3ff;
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | (man << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float eng_dot_f32_scalar(const float *a, const float *b, int64_t n)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+    for (; i < n; i++) s[0] += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+float eng_dot_i8_scalar(const int8_t *a, const float *b, int64_t n)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += (float)a[i + j] * b[i + j];
+    for (; i < n; i++) s[0] += (float)a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+float eng_dot_f16_scalar(const uint16_t *a, const float *b, int64_t n)
+{
+    float s[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) s[j] += eng_half_to_float(a[i + j]) * b[i + j];
+    for (; i < n; i++) s[0] += eng_half_to_float(a[i]) * b[i];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+void eng_axpy_f32_scalar(float a, const float *x, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] = y[i] + a * x[i];
+}
+
+typedef void (*axpy_fn)(float, const float *, float *, int64_t);
+typedef float (*dot_f32_fn)(const float *, const float *, int64_t);
+typedef float (*dot_i8_fn)(const int8_t *, const float *, int64_t);
+typedef float (*dot_f16_fn)(const uint16_t *, const float *, int64_t);
+
+static dot_f32_fn p_f32 = eng_dot_f32_scalar;
+static dot_i8_fn p_i8 = eng_dot_i8_scalar;
+static dot_f16_fn p_f16 = eng_dot_f16_scalar;
+static axpy_fn p_axpy = eng_axpy_f32_scalar;
+static int cur = -1;
+
+int eng_kernel_available(int kernel)
+{
+    if (kernel == ENG_SCALAR) return 1;
+#if defined(POPPINS_HAVE_AVX2) && (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__x86_64__) || defined(__i386__))
+    if (kernel == ENG_AVX2) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    }
+#endif
+    return 0;
+}
+
+int eng_set_kernel(int kernel)
+{
+    if (kernel < 0 || kernel >= ENG_NKERNELS || !eng_kernel_available(kernel)) return -1;
+    if (kernel == ENG_SCALAR) {
+        p_f32 = eng_dot_f32_scalar; p_i8 = eng_dot_i8_scalar; p_f16 = eng_dot_f16_scalar;
+        p_axpy = eng_axpy_f32_scalar;
+    }
+#ifdef POPPINS_HAVE_AVX2
+    if (kernel == ENG_AVX2) {
+        p_f32 = eng_dot_f32_avx2; p_i8 = eng_dot_i8_avx2; p_f16 = eng_dot_f16_avx2;
+        p_axpy = eng_axpy_f32_avx2;
+    }
+#endif
+    cur = kernel;
+    return 0;
+}
+
+int eng_init(void)
+{
+    if (cur < 0) eng_set_kernel(eng_kernel_available(ENG_AVX2) ? ENG_AVX2 : ENG_SCALAR);
+    return cur;
+}
+
+int eng_kernel(void) { return cur; }
+
+const char *eng_kernel_name(int kernel)
+{
+    static const char *names[] = {"scalar", "avx2"};
+    return (kernel >= 0 && kernel < ENG_NKERNELS) ? names[kernel] : NULL;
+}
+
+float eng_dot_f32(const float *a, const float *b, int64_t n) { return p_f32(a, b, n); }
+float eng_dot_i8(const int8_t *a, const float *b, int64_t n) { return p_i8(a, b, n); }
+float eng_dot_f16(const uint16_t *a, const float *b, int64_t n) { return p_f16(a, b, n); }
+void eng_axpy_f32(float a, const float *x, float *y, int64_t n) { p_axpy(a, x, y, n); }
+
+int eng_matvec_avx512_ok(void)
+{
+#if defined(POPPINS_HAVE_AVX512) && (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__x86_64__) || defined(__i386__))
+    static int ok = -1;
+    if (ok < 0) {
+        __builtin_cpu_init();
+        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vnni");
+    }
+    return ok;
+#else
+    return 0;
+#endif
+}

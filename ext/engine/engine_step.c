@@ -1,0 +1,429 @@
+/* The compiled decode step (see engine_step.h). */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE 1  /* syscall() under -std=c11 */
+#endif
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define ENG_FUTEX 1
+#elif defined(__unix__) || defined(__APPLE__)
+#include <sched.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ENG_PAUSE() _mm_pause()
+#else
+#define ENG_PAUSE() ((void)0)
+#endif
+
+#include "poppins_common.h"
+#include "../ternary/ternary.h"
+#include "engine.h"
+#include "engine_step.h"
+
+/* A sense-reversing barrier for the threads of one step: spin briefly (on an idle machine
+ * the other thread is a few microseconds away), then sleep in the kernel (Linux futex; on a
+ * busy machine the thread we wait for needs the core).  OpenMP's own barrier sleeps at once
+ * under OMP_WAIT_POLICY=PASSIVE (what poppins sets), which costs a wake-up per barrier. */
+typedef struct {
+    atomic_int count;
+    atomic_int sense;
+    atomic_int sleepers;
+} eng_barrier;
+
+#define SPIN_LIMIT 400
+
+static void barrier_wait(eng_barrier *b, int nt, int *local)
+{
+    if (nt <= 1) return;
+    const int s = !*local;
+    *local = s;
+    if (atomic_fetch_add(&b->count, 1) == nt - 1) {
+        atomic_store(&b->count, 0);
+        atomic_store(&b->sense, s);
+#ifdef ENG_FUTEX
+        if (atomic_load(&b->sleepers) > 0)
+            syscall(SYS_futex, (int *)&b->sense, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+#endif
+        return;
+    }
+    for (int spins = 0; spins < SPIN_LIMIT; spins++) {
+        if (atomic_load(&b->sense) == s) return;
+        ENG_PAUSE();
+    }
+    while (atomic_load(&b->sense) != s) {
+#ifdef ENG_FUTEX
+        atomic_fetch_add(&b->sleepers, 1);
+        /* sleeps only while sense still holds the old value (no lost wake-up) */
+        syscall(SYS_futex, (int *)&b->sense, FUTEX_WAIT_PRIVATE, !s, NULL, NULL, 0);
+        atomic_fetch_sub(&b->sleepers, 1);
+#elif defined(__unix__) || defined(__APPLE__)
+        sched_yield();
+#endif
+    }
+}
+
+struct eng_session {
+    eng_barrier bar;
+    float **ca, **cb;
+    int64_t ctx;
+    float *x, *h, *big, *o, *tmp, *scores, *u, *mix, *cq;
+    int8_t *q8, *c8;
+    int32_t *acc;
+    float qs, cs;
+    void *block;
+    /* per-thread private activations (each thread normalizes/quantizes the shared vector
+     * itself instead of waiting at one more barrier) */
+    int64_t wide_in, tls_n;
+    struct eng_tls *tls;
+};
+
+typedef struct eng_tls {
+    int8_t *q8, *c8;
+    float *h, *u;
+    float qs, cs;
+    void *block;
+} eng_tls;
+
+static int tls_reserve(const eng_model *M, eng_session *S, int nt)
+{
+    if (nt <= S->tls_n) return 0;
+    eng_tls *t = (eng_tls *)realloc(S->tls, (size_t)nt * sizeof(eng_tls));
+    if (!t) return -1;
+    S->tls = t;
+    const int64_t F = M->hidden > M->dim ? M->hidden : M->dim;
+    for (int64_t i = S->tls_n; i < nt; i++) {
+        char *b = (char *)malloc((size_t)(2 * S->wide_in + 4 * (M->dim + F) + 64));
+        if (!b) return -1;
+        t[i].block = b;
+        t[i].h = (float *)b;
+        t[i].u = t[i].h + M->dim;
+        t[i].q8 = (int8_t *)(t[i].u + F);
+        t[i].c8 = t[i].q8 + S->wide_in;
+        S->tls_n = i + 1;
+    }
+    return 0;
+}
+
+#define MAX3(a, b, c) ((a) > (b) ? ((a) > (c) ? (a) : (c)) : ((b) > (c) ? (b) : (c)))
+
+eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_b, int64_t ctx)
+{
+    eng_session *S = (eng_session *)calloc(1, sizeof(eng_session));
+    if (!S) return NULL;
+    const int64_t d = M->dim, H = M->heads, hd = M->head_dim, F = M->hidden;
+    int64_t wide_out = M->mla ? H * (hd + M->rope) + M->kvl + M->rope + (M->qlat ? M->qlat : 0)
+                              : (H + 2 * M->kv_heads) * hd;
+    if (wide_out < F) wide_out = F;
+    int64_t wide_in = MAX3(d, F, H * hd);
+    if (M->qlat > wide_in) wide_in = M->qlat;
+    if (M->kvl > wide_in) wide_in = M->kvl;
+    const int64_t kvl = M->mla ? M->kvl : 0;
+    const int64_t nf = d + d + wide_out + H * hd + d + H * ctx + 2 * H * kvl + (M->qlat ? M->qlat : 0);
+    wide_in = (wide_in + 255) / 256 * 256;  /* activations are zero-padded to whole blocks */
+    const int64_t nbytes = nf * 4 + wide_out * 4 + 2 * wide_in + 64;
+    char *b = (char *)malloc((size_t)nbytes);
+    if (!b) { free(S); return NULL; }
+    S->block = b;
+    float *f = (float *)b;
+    S->x = f; f += d;
+    S->h = f; f += d;
+    S->big = f; f += wide_out;
+    S->o = f; f += H * hd;
+    S->tmp = f; f += d;
+    S->scores = f; f += H * ctx;
+    S->u = f; f += H * kvl;
+    S->mix = f; f += H * kvl;
+    S->cq = f; f += (M->qlat ? M->qlat : 0);
+    S->acc = (int32_t *)f;
+    S->q8 = (int8_t *)(S->acc + wide_out);
+    S->c8 = S->q8 + wide_in;
+    S->ca = cache_a;
+    S->cb = cache_b;
+    S->ctx = ctx;
+    S->wide_in = wide_in;
+    if (tls_reserve(M, S, 1)) { eng_session_free(S); return NULL; }
+    return S;
+}
+
+void eng_session_free(eng_session *S)
+{
+    if (!S) return;
+    for (int64_t i = 0; i < S->tls_n; i++) free(S->tls[i].block);
+    free(S->tls);
+    free(S->block);
+    free(S);
+}
+
+/* ---------------------------------------------------------------- element-wise helpers */
+static inline float round_even(float v)
+{
+    const float magic = 12582912.0f; /* 1.5 * 2^23: |v| < 2^22 rounds half to even */
+    float t = v + magic;
+    return t - magic;
+}
+
+static void quant_row(const float *y, int64_t d, int8_t *q, float *s)
+{
+    float m8[8] = {0, 0, 0, 0, 0, 0, 0, 0};  /* max is exact in any order */
+    int64_t k0 = 0;
+    for (; k0 + 8 <= d; k0 += 8)
+        for (int j = 0; j < 8; j++) {
+            float v = fabsf(y[k0 + j]);
+            m8[j] = v > m8[j] ? v : m8[j];
+        }
+    float amax = 0.0f;
+    for (int j = 0; j < 8; j++) amax = m8[j] > amax ? m8[j] : amax;
+    for (; k0 < d; k0++) {
+        float v = fabsf(y[k0]);
+        if (v > amax) amax = v;
+    }
+    float sc = 1.0f;
+    if (amax > 0.0f) {
+        sc = 127.0f / amax;
+        if (isinf(sc)) { sc = 0.0f; }
+    }
+    for (int64_t k = 0; k < d; k++) {
+        float z = round_even(y[k] * sc);
+        if (z > 127.0f) z = 127.0f;
+        else if (z < -128.0f) z = -128.0f;
+        q[k] = (int8_t)z;
+    }
+    *s = sc == 0.0f ? 1.0f : sc;
+    /* zero padding up to a whole 256-weight block (the decode matvec reads whole blocks) */
+    const int64_t pad = (d + 255) / 256 * 256;
+    if (pad > d) memset(q + d, 0, (size_t)(pad - d));
+}
+
+static void rms_row(const float *x, const float *g, int64_t d, double eps, float *y)
+{
+    double ms = 0.0;
+    for (int64_t k = 0; k < d; k++) ms += (double)x[k] * (double)x[k];
+    ms = ms / (double)d;
+    float r = (float)(1.0 / sqrt(ms + eps));
+    for (int64_t k = 0; k < d; k++) y[k] = (x[k] * r) * g[k];
+}
+
+static void rope_row(float *x, const float *c, const float *s, int64_t half, int64_t nheads,
+                     int64_t stride, int64_t offset)
+{
+    for (int64_t h = 0; h < nheads; h++) {
+        float *p = x + h * stride + offset;
+        for (int64_t i = 0; i < half; i++) {
+            float a = p[i], b = p[half + i];
+            p[i] = a * c[i] - b * s[i];
+            p[half + i] = a * s[i] + b * c[i];
+        }
+    }
+}
+
+static void softmax_mix(float *sc, int64_t P, const float *v, int64_t v_stride, int64_t dv,
+                        float *o)
+{
+    float mx = sc[0], z = 0.0f;
+    for (int64_t j = 1; j < P; j++)
+        if (sc[j] > mx) mx = sc[j];
+    for (int64_t c = 0; c < dv; c++) o[c] = 0.0f;
+    for (int64_t j = 0; j < P; j++) {
+        float p = expf(sc[j] - mx);
+        z = z + p;
+        eng_axpy_f32(p, v + j * v_stride, o, dv);
+    }
+    float inv = 1.0f / z;
+    for (int64_t c = 0; c < dv; c++) o[c] = o[c] * inv;
+}
+
+static void embed_row(const eng_model *M, int32_t tok, float *out)
+{
+    const int64_t d = M->dim;
+    if (M->emb_kind == 0) {
+        memcpy(out, (const float *)M->emb + (int64_t)tok * d, (size_t)d * 4);
+    } else if (M->emb_kind == 1) {
+        const uint16_t *r = (const uint16_t *)M->emb + (int64_t)tok * d;
+        for (int64_t k = 0; k < d; k++) out[k] = eng_half_to_float(r[k]);
+    } else {
+        const int8_t *r = (const int8_t *)M->emb + (int64_t)tok * d;
+        const float s = M->emb_scale[tok];
+        for (int64_t k = 0; k < d; k++) out[k] = (float)r[k] * s;
+    }
+}
+
+/* ---------------------------------------------------------------- parallel pieces */
+/* This thread's share of out (= or +=) (W x) * scale / xs: contiguous rows, multiples of 16. */
+static void linear_part(const eng_tern *w, const int8_t *x, float xs, int32_t *acc, float *out,
+                        int accumulate, int kernel, int tid, int nt)
+{
+    const int64_t chunks = (w->m + 15) / 16;
+    const int64_t a = chunks * tid / nt, b = chunks * (tid + 1) / nt;
+    const int64_t r0 = a * 16, r1 = b * 16 < w->m ? b * 16 : w->m;
+    if (r0 >= r1) return;
+#ifdef POPPINS_HAVE_AVX512
+    if ((kernel < 0 || kernel == TERN_AVX512) && eng_matvec_avx512_ok()) {
+        int32_t xsum = 0;
+        for (int64_t i = 0; i < w->k; i++) xsum += x[i];
+        eng_matvec_avx512(w->w + r0 * w->stride, w->stride, r1 - r0, (w->k + 255) / 256, x,
+                          xsum, acc + r0);
+    } else
+#endif
+    tern_matmul(w->w + r0 * w->stride, w->stride, r1 - r0, w->k, x, w->k, 1, acc + r0,
+                w->m, 1, kernel);
+    const float f = w->scale / xs;
+    if (accumulate)
+        for (int64_t r = r0; r < r1; r++) out[r] = out[r] + (float)acc[r] * f;
+    else
+        for (int64_t r = r0; r < r1; r++) out[r] = (float)acc[r] * f;
+}
+
+/* BARRIER: every thread waits; ON_ONE(...): thread 0 runs the block, then a barrier;
+ * RANGE(lo, hi, n): this thread's contiguous share of [0, n). */
+#define BARRIER barrier_wait(&S->bar, nt, &sense)
+#define ON_ONE(block) do { if (tid == 0) { block } BARRIER; } while (0)
+#define RANGE(lo, hi, n) const int64_t lo = (n) * tid / nt, hi = (n) * (tid + 1) / nt
+
+static void step_body(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
+                      float *logits, int tid, int nt)
+{
+    const int64_t d = M->dim, H = M->heads, hd = M->head_dim, F = M->hidden, P = pos + 1;
+    const int kern = M->kernel;
+    const float *cs = M->cos + pos * M->rot_half, *sn = M->sin + pos * M->rot_half;
+    int sense = atomic_load(&S->bar.sense);
+    eng_tls *T = &S->tls[tid];
+    RANGE(h0, h1, H);
+    ON_ONE({ embed_row(M, token, S->x); });
+    for (int64_t l = 0; l < M->layers; l++) {
+        const eng_layer *L = &M->L[l];
+        float *ca = S->ca[l], *cb = S->cb[l];
+        rms_row(S->x, L->attn_norm, d, M->eps, T->h);
+        quant_row(T->h, d, T->q8, &T->qs);
+        if (!M->mla) {
+            const int64_t Hk = M->kv_heads, grp = H / Hk;
+            const float scale = (float)(1.0 / sqrt((double)hd));
+            linear_part(&L->wqkv, T->q8, T->qs, S->acc, S->big, 0, kern, tid, nt);
+            BARRIER;
+            {   /* rotate this thread's share of the query/key heads; cache its kv heads */
+                RANGE(r0, r1, H + Hk);
+                for (int64_t h = r0; h < r1; h++)
+                    rope_row(S->big + h * hd, cs, sn, M->rot_half, 1, hd, 0);
+                for (int64_t h = (r0 > H ? r0 : H); h < r1; h++)
+                    memcpy(ca + pos * Hk * hd + (h - H) * hd, S->big + h * hd, (size_t)hd * 4);
+                RANGE(v0, v1, Hk);
+                if (v1 > v0)
+                    memcpy(cb + pos * Hk * hd + v0 * hd, S->big + (H + Hk + v0) * hd,
+                           (size_t)((v1 - v0) * hd) * 4);
+            }
+            BARRIER;
+            for (int64_t h = h0; h < h1; h++) {
+                const int64_t hk = h / grp;
+                float *sc = S->scores + h * S->ctx;
+                const float *q = S->big + h * hd;
+                for (int64_t j = 0; j < P; j++)
+                    sc[j] = eng_dot_f32(q, ca + j * Hk * hd + hk * hd, hd) * scale;
+                softmax_mix(sc, P, cb + hk * hd, Hk * hd, hd, S->o + h * hd);
+            }
+        } else {
+            const int64_t r = M->rope, kvl = M->kvl, w = hd + r;
+            const float scale = (float)(1.0 / sqrt((double)(hd + r)));
+            float *qf = S->big, *kva = S->big + H * w;
+            if (M->qlat) {
+                linear_part(&L->wq_a, T->q8, T->qs, S->acc, S->cq, 0, kern, tid, nt);
+                BARRIER;
+                rms_row(S->cq, L->q_norm, M->qlat, M->eps, T->u);
+                quant_row(T->u, M->qlat, T->c8, &T->cs);
+                linear_part(&L->wq_b, T->c8, T->cs, S->acc, qf, 0, kern, tid, nt);
+            } else {
+                linear_part(&L->wq, T->q8, T->qs, S->acc, qf, 0, kern, tid, nt);
+            }
+            linear_part(&L->wkv_a, T->q8, T->qs, S->acc + H * w, kva, 0, kern, tid, nt);
+            BARRIER;
+            ON_ONE({
+                float ls;
+                float *lat = kvl <= d ? S->tmp : S->mix;
+                rms_row(kva, L->kv_norm, kvl, M->eps, lat);
+                quant_row(lat, kvl, S->c8, &ls);
+                float *crow = ca + pos * kvl;
+                for (int64_t c = 0; c < kvl; c++) crow[c] = (float)S->c8[c] / ls;
+                rope_row(qf, cs, sn, M->rot_half, H, w, hd);
+                rope_row(kva, cs, sn, M->rot_half, 1, kvl + r, kvl);
+                memcpy(cb + pos * r, kva + kvl, (size_t)r * 4);
+            });
+            for (int64_t h = h0; h < h1; h++) {
+                float *sc = S->scores + h * S->ctx;
+                float *u = S->u + h * kvl, *m = S->mix + h * kvl;
+                const float *qn = qf + h * w;
+                const float ws = L->wkv_b_scale;
+                for (int64_t c = 0; c < kvl; c++) u[c] = 0.0f;
+                for (int64_t i = 0; i < hd; i++) {
+                    const float a = qn[i];
+                    const float *wr = L->wkv_b + (h * hd + i) * kvl;
+                    for (int64_t c = 0; c < kvl; c++) u[c] = u[c] + a * wr[c];
+                }
+                for (int64_t c = 0; c < kvl; c++) u[c] = u[c] * ws;
+                for (int64_t j = 0; j < P; j++)
+                    sc[j] = (eng_dot_f32(u, ca + j * kvl, kvl) +
+                             eng_dot_f32(qn + hd, cb + j * r, r)) * scale;
+                softmax_mix(sc, P, ca, kvl, kvl, m);
+                for (int64_t i = 0; i < hd; i++)
+                    S->o[h * hd + i] =
+                        eng_dot_f32(L->wkv_b + ((H + h) * hd + i) * kvl, m, kvl) * ws;
+            }
+        }
+        BARRIER;
+        quant_row(S->o, H * hd, T->q8, &T->qs);
+        linear_part(&L->wo, T->q8, T->qs, S->acc, S->x, 1, kern, tid, nt);
+        BARRIER;
+        rms_row(S->x, L->ffn_norm, d, M->eps, T->h);
+        quant_row(T->h, d, T->q8, &T->qs);
+        linear_part(&L->w_up, T->q8, T->qs, S->acc, S->big, 0, kern, tid, nt);
+        BARRIER;
+        for (int64_t k = 0; k < F; k++) {
+            float v = S->big[k] < 0.0f ? 0.0f : S->big[k];
+            T->u[k] = v * v;
+        }
+        quant_row(T->u, F, T->q8, &T->qs);
+        linear_part(&L->w_down, T->q8, T->qs, S->acc, S->x, 1, kern, tid, nt);
+        BARRIER;
+    }
+    rms_row(S->x, M->final_norm, d, M->eps, T->h);
+    RANGE(v0, v1, M->vocab);
+    for (int64_t v = v0; v < v1; v++) {
+        if (M->head_kind == 0)
+            logits[v] = eng_dot_f32((const float *)M->head + v * d, T->h, d);
+        else if (M->head_kind == 1)
+            logits[v] = eng_dot_f16((const uint16_t *)M->head + v * d, T->h, d);
+        else
+            logits[v] = eng_dot_i8((const int8_t *)M->head + v * d, T->h, d) * M->head_scale[v];
+    }
+}
+
+void eng_step_init(void)
+{
+    tern_init();
+    eng_init();
+    (void)eng_matvec_avx512_ok();
+}
+
+int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
+                    float *logits, int threads)
+{
+    if (!M || !S || pos < 0 || pos >= S->ctx || pos >= M->rope_rows || token < 0 ||
+        token >= M->vocab)
+        return -1;
+    int nt = poppins_threads(threads);
+    if (tls_reserve(M, S, nt)) return -1;
+    if (nt <= 1) {
+        step_body(M, S, token, pos, logits, 0, 1);
+        return 0;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    step_body(M, S, token, pos, logits, omp_get_thread_num(), omp_get_num_threads());
+#else
+    step_body(M, S, token, pos, logits, 0, 1);
+#endif
+    return 0;
+}

@@ -1,0 +1,65 @@
+/* The compiled decode step: one token through every layer, the KV cache and the output head,
+ * with no Python in between (the GIL is released by the caller).
+ *
+ * Same numbers as the Python path of poppins/engine/runtime.py (Session.forward with one
+ * token): per-token absmax int8 activations (s = 127 / max|y| in float32, round half to even),
+ * exact int32 ternary sums times w_scale / s, RMSNorm with the mean of squares in float64,
+ * half-split RoPE, softmax attention over the cache (MLA: latent cache, absorbed up-projection).
+ *
+ * Threads: with threads > 1 the whole step is ONE OpenMP parallel region (its own barriers:
+ * spin briefly, then yield); every ternary
+ * product is split into contiguous row ranges (multiples of 16 rows, one per thread, each
+ * thread dequantizing its own rows), attention is split over heads and the head over vocab
+ * rows; the small element-wise stages run on one thread between barriers.
+ */
+#ifndef POPPINS_ENGINE_STEP_H
+#define POPPINS_ENGINE_STEP_H
+
+#include <stdint.h>
+
+typedef struct {
+    const uint8_t *w;     /* b256 kernel layout */
+    int64_t stride, m, k;
+    float scale;
+} eng_tern;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm, *q_norm, *kv_norm;
+    eng_tern wqkv, wq, wq_a, wq_b, wkv_a, wo, w_up, w_down;
+    const float *wkv_b;   /* MLA: ternary values as float32 [2*H*hd, kvl] */
+    float wkv_b_scale;
+} eng_layer;
+
+typedef struct {
+    int mla;
+    int64_t dim, layers, heads, kv_heads, head_dim, hidden, kvl, rope, qlat, vocab;
+    double eps;
+    const float *cos, *sin;   /* [model context, rot/2] */
+    int64_t rot_half, rope_rows;
+    const void *emb;          /* [vocab, dim]: kind 0 f32, 1 f16, 2 int8 (times emb_scale) */
+    int emb_kind;
+    const float *emb_scale;
+    const void *head;
+    int head_kind;
+    const float *head_scale;
+    const float *final_norm;
+    const eng_layer *L;
+    int kernel;               /* ternary kernel path id (-1: best) */
+} eng_model;
+
+typedef struct eng_session eng_session;
+
+/* caches: per layer two float32 arrays of ctx rows (MHA: keys, values [ctx, Hk*hd];
+ * MLA: latents [ctx, kvl], rotary keys [ctx, r]); they stay owned by the caller. */
+eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_b, int64_t ctx);
+void eng_session_free(eng_session *S);
+
+/* Detect CPU features once (call before threads use the step). */
+void eng_step_init(void);
+
+/* Feed `token` at position `pos` (< ctx): fills the caches at pos, writes logits[vocab].
+ * Returns 0, or -1 on bad arguments. */
+int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
+                    float *logits, int threads);
+
+#endif

@@ -1,0 +1,300 @@
+"""The Python API: load a trained model and ask it questions.
+
+    import poppins
+    m = poppins.Model.load(".poppins")                 # a model directory or model.poppins
+    print(m.generate("What is poppins?", temperature=0))
+    for piece in m.stream("What is poppins?", seed=1):
+        print(piece, end="", flush=True)
+
+Sampling keywords (llama.cpp's meaning and defaults): ``temperature`` (or ``temp``) 0.8,
+``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05, ``repeat_penalty`` 1.0, ``repeat_last_n`` 64,
+``seed`` -1 (random); ``temperature=0`` is greedy.  Other keywords: ``system`` (None: the
+model's default system prompt, "" none), ``max_tokens`` (-1: until the answer ends or the
+context is full), ``stop`` (strings that end the answer, not included), ``show_thoughts``,
+``context`` (a shorter KV cache than the model's context length).
+
+One loaded Model may be used from several threads at once: the weights are shared read-only
+and every call has its own KV cache and sampler.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from .engine.render import STOP_IDS, Renderer
+from .engine.runtime import Engine
+from .engine.sampling import Sampler, SamplingParams
+from .errors import PoppinsError
+from .memory import fit_recent_turns
+from .special_tokens import SPECIAL_IDS as S
+
+_GEN_KEYS = ("system", "max_tokens", "stop", "show_thoughts", "context")
+
+
+@dataclass
+class Completion:
+    """One answer with what happened while producing it."""
+
+    text: str
+    tokens: List[int]
+    prompt_tokens: int
+    stop_reason: str            # "end" | "stop-string" | "max-tokens" | "context"
+    prompt_seconds: float
+    gen_seconds: float
+    seed: int
+    note: Optional[str] = None
+
+    @property
+    def prompt_tok_s(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def gen_tok_s(self) -> float:
+        n = len(self.tokens)
+        return n / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+
+def prompt_ids(tokenizer, prompt: str, system: Optional[str]) -> List[int]:
+    """``<sample> [<system>S</system>] <prompt><text>P</text></prompt>``; the texts are
+    encoded with special-token matching off (markup in them stays plain text)."""
+    ids = [S["<sample>"]]
+    if system:
+        ids += [S["<system>"], *tokenizer.encode(system, special=False).tolist(), S["</system>"]]
+    ids += [S["<prompt>"], S["<text>"], *tokenizer.encode(prompt, special=False).tolist(),
+            S["</text>"], S["</prompt>"]]
+    return ids
+
+
+def _exact_answer(tokens, vocab: int) -> bool:
+    """True for an answer's own generated ids (as chat's memory keeps them): ``<thought>`` or
+    ``<ai>`` first, ``</ai>`` last."""
+    return (isinstance(tokens, (list, tuple)) and len(tokens) >= 2
+            and all(isinstance(t, int) and 0 <= t < vocab for t in tokens)
+            and tokens[0] in (S["<ai>"], S["<thought>"]) and tokens[-1] == S["</ai>"])
+
+
+def _split_kwargs(kw):
+    gen = {k: kw.pop(k) for k in list(kw) if k in _GEN_KEYS}
+    return gen, SamplingParams.from_kwargs(**kw)
+
+
+class _StopScan:
+    """Finds the first user stop string in the rendered text; tells how much text is safe
+    to emit (no stop string can start inside it)."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in (stops or ()) if s]
+
+    def cut(self, text: str) -> Optional[int]:
+        hits = [text.find(s) for s in self.stops]
+        hits = [h for h in hits if h >= 0]
+        return min(hits) if hits else None
+
+    def safe(self, text: str) -> int:
+        n = len(text)
+        for s in self.stops:
+            for k in range(min(len(s) - 1, n), 0, -1):
+                if text.endswith(s[:k]):
+                    n = min(n, len(text) - k)
+                    break
+        return n
+
+
+class Model:
+    """A loaded model.  ``Model.load(path)``; ``.generate()``, ``.stream()``, ``.tokenizer``."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+
+    @classmethod
+    def load(cls, path=".poppins", threads: Optional[int] = None,
+             verify: bool = True) -> "Model":
+        """``path``: a model directory (holding model.poppins) or the file itself."""
+        return cls(Engine.load(path, threads=threads, verify=verify))
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+    @property
+    def default_system(self) -> Optional[str]:
+        return self.engine.default_system
+
+    def encode_prompt(self, prompt: str, system: Optional[str] = None) -> List[int]:
+        sys_text = self.engine.default_system if system is None else system
+        return prompt_ids(self.tokenizer, prompt, sys_text)
+
+    def encode_conversation(self, messages, system: Optional[str] = None,
+                            budget: Optional[int] = None) -> List[int]:
+        """``<sample> [<system>S</system>]`` then per turn ``<prompt><text>U</text></prompt>``
+        and, for answered turns, ``<ai><text>A</text></ai>`` (decisions: conversations).
+        ``messages``: [{"role": "system" | "user" | "assistant", "content": str}, ...] ending
+        with a user message; a system message (first) overrides ``system``.  An assistant
+        message may carry "tokens", the ids the model generated for it (chat's memory keeps
+        them); they are replayed as they are, thoughts included.  With ``budget``
+        (tokens), only the most recent earlier turns that fit are kept; older turns are
+        dropped whole, never cut in the middle."""
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise PoppinsError("messages must be a non-empty list of {role, content} objects")
+        tok = self.tokenizer
+        msgs = list(messages)
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                    or not isinstance(m.get("content"), str):
+                raise PoppinsError(f"message {i}: expected {{\"role\": \"system\" | \"user\" | "
+                                   f"\"assistant\", \"content\": string}}")
+        if msgs[0]["role"] == "system":
+            system = msgs[0]["content"]
+            msgs = msgs[1:]
+        if any(m["role"] == "system" for m in msgs):
+            raise PoppinsError("a system message may only come first")
+        if not msgs or msgs[-1]["role"] != "user":
+            raise PoppinsError("the last message must be the user's")
+        sys_text = self.engine.default_system if system is None else system
+        head = [S["<sample>"]]
+        if sys_text:
+            head += [S["<system>"], *tok.encode(sys_text, special=False).tolist(), S["</system>"]]
+        chunks = []
+        for m in msgs:
+            text = tok.encode(m["content"], special=False).tolist()
+            if m["role"] == "user":
+                chunks.append([S["<prompt>"], S["<text>"], *text, S["</text>"], S["</prompt>"]])
+            elif _exact_answer(m.get("tokens"), tok.vocab_size):
+                chunks.append([int(t) for t in m["tokens"]])   # what the model produced
+            else:
+                chunks.append([S["<ai>"], S["<text>"], *text, S["</text>"], S["</ai>"]])
+        last, earlier = chunks[-1], chunks[:-1]
+        if budget is not None:
+            # whole earlier turns (a user message with its answer), most recent first
+            turns, cur = [], []
+            for m, c in zip(msgs[:-1], earlier):
+                if m["role"] == "user" and cur:
+                    turns.append(cur)
+                    cur = []
+                cur.append(c)
+            if cur:
+                turns.append(cur)
+            room = budget - len(head) - len(last)
+            kept = fit_recent_turns(turns, lambda t: sum(len(c) for c in t), max(room, 0))
+            earlier = [c for t in kept for c in t]
+        return head + [i for c in earlier for i in c] + last
+
+    # ------------------------------------------------------------------ generation
+    def chat_events(self, messages, **kw) -> Iterator:
+        """Like :meth:`stream` for a conversation (see :meth:`encode_conversation`), as
+        events: (piece, None) while generating, then (None, Completion)."""
+        return self._run(None, kw, messages=messages)
+
+    def _run(self, prompt: Optional[str], kw, messages=None) -> Iterator:
+        """Yields (piece, None) while generating, then (None, Completion)."""
+        if messages is None and not isinstance(prompt, str):
+            raise PoppinsError(f"the prompt must be a str, got {type(prompt).__name__}")
+        gen, params = _split_kwargs(dict(kw))
+        system = gen.get("system")
+        if system is not None and not isinstance(system, str):
+            raise PoppinsError("system must be a str (\"\" for none) or None (the default)")
+        max_tokens = gen.get("max_tokens")
+        max_tokens = -1 if max_tokens is None else int(max_tokens)
+        stops = gen.get("stop") or ()
+        if isinstance(stops, str):
+            stops = [stops]
+        scan = _StopScan(list(stops))
+        sess = self.engine.session(context=gen.get("context"))
+        ctx = sess.context
+        if messages is not None:
+            # leave room for the answer: what max_tokens asks, else a quarter of the context
+            reserve = max_tokens if 0 < max_tokens < ctx // 2 else ctx // 4
+            ids = self.encode_conversation(messages, system, budget=ctx - reserve)
+        else:
+            ids = self.encode_prompt(prompt, system)
+        if len(ids) >= ctx:
+            raise PoppinsError(f"the prompt is {len(ids)} tokens long (with its system prompt "
+                               f"and tags); the context holds {ctx} tokens, so at most "
+                               f"{ctx - 1} fit with room for an answer; shorten the prompt"
+                               + (" or the system prompt" if (system is None and
+                                                              self.engine.default_system)
+                                  or system else ""))
+        sampler = Sampler(params)
+        render = Renderer(self.tokenizer, self.engine.sources,
+                          bool(gen.get("show_thoughts", False)))
+        history = np.zeros(ctx, np.int32)
+        history[:len(ids)] = ids
+        nh = len(ids)
+        out: List[int] = []
+        t0 = time.perf_counter()
+        logits = sess.forward(ids)
+        t1 = time.perf_counter()
+        t = sampler.sample(logits, history[:nh])
+        emitted = 0
+        reason, note = "end", None
+        while True:
+            out.append(t)
+            history[nh] = t
+            nh += 1
+            if t in STOP_IDS:
+                reason = "end"
+                break
+            render.feed(t)
+            text = render.text()
+            cut = scan.cut(text)
+            if cut is not None:
+                if cut > emitted:
+                    yield text[emitted:cut], None
+                emitted = cut
+                reason = "stop-string"
+                break
+            safe = scan.safe(text)
+            if safe > emitted:
+                yield text[emitted:safe], None
+                emitted = safe
+            if 0 <= max_tokens <= len(out):
+                reason = "max-tokens"
+                break
+            if nh >= ctx:
+                reason = "context"
+                note = (f"the answer reached the end of the context ({ctx} tokens) and may "
+                        "be cut short")
+                break
+            t = sess.next_token(t, sampler, history, nh)
+        t2 = time.perf_counter()
+        if reason != "stop-string":
+            final = render.text(final=True)
+            cut = scan.cut(final)
+            if cut is not None:
+                final, reason = final[:cut], "stop-string"
+            if len(final) > emitted and final[:emitted] == render.text()[:emitted]:
+                yield final[emitted:], None
+                emitted = len(final)
+            text = final
+        else:
+            text = render.text()[:emitted]
+        yield None, Completion(text=text, tokens=out, prompt_tokens=len(ids),
+                               stop_reason=reason, prompt_seconds=t1 - t0,
+                               gen_seconds=t2 - t1, seed=sampler.seed, note=note)
+
+    def complete(self, prompt: str, **kw) -> Completion:
+        """The answer with its tokens, stop reason and timings."""
+        result = None
+        for _piece, c in self._run(prompt, kw):
+            if c is not None:
+                result = c
+        return result
+
+    def generate(self, prompt: str, **kw) -> str:
+        """The rendered answer to ``prompt`` (see the module docstring for the keywords)."""
+        return self.complete(prompt, **kw).text
+
+    def stream(self, prompt: str, **kw) -> Iterator[str]:
+        """The answer in pieces as it is generated; ``"".join`` gives generate()'s text."""
+        for piece, _c in self._run(prompt, kw):
+            if piece:
+                yield piece
+
+    def __repr__(self) -> str:
+        c = self.engine.cfg
+        return (f"poppins.Model({str(self.engine.path)!r}, {c.attention}, dim={c.dim}, "
+                f"layers={c.layers}, context={c.context_length})")
