@@ -1,0 +1,58 @@
+"""``python -m poppins serve``: an OpenAI-compatible HTTP server and a web chat page.
+
+    python -m poppins serve -m .poppins --port 8080
+
+Then open http://127.0.0.1:8080/ or point an OpenAI client at http://127.0.0.1:8080/v1.
+Routes: /health, /v1/models, /v1/completions, /v1/chat/completions (streaming or not),
+/tokenize, /detokenize.  Bound to 127.0.0.1 unless --host says otherwise; with --api-key (or
+POPPINS_API_KEY) every API route needs ``Authorization: Bearer KEY``.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", default=".poppins", help="model directory or file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--api-key", default=None,
+                   help="require this API key (default: $POPPINS_API_KEY, else none)")
+    p.add_argument("--alias", default="poppins", help="the model name clients use (default poppins)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads per request")
+    p.add_argument("--max-body-kb", type=int, default=1024, help="request body limit in KiB")
+    p.add_argument("--max-tokens", type=int, default=2048, help="cap on max_tokens per request")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..api import Model
+    from ..server import PoppinsServer
+
+    model = Model.load(args.model, threads=args.threads)
+    key = args.api_key if args.api_key is not None else os.environ.get("POPPINS_API_KEY") or None
+    srv = PoppinsServer((args.host, args.port), model, model_name=args.alias, api_key=key,
+                        max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens,
+                        quiet=not args.verbose)
+    print(f"poppins: serving {args.model} as '{args.alias}' on {srv.url} "
+          f"(web chat: {srv.url}/, API: {srv.url}/v1){' with an API key' if key else ''}",
+          file=sys.stderr, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    srv.shutdown()
+    srv.server_close()
+    print("poppins: server stopped", file=sys.stderr)
+    return 0
