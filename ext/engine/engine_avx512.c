@@ -14,6 +14,9 @@
 #include <immintrin.h>
 
 #define ROWS 4
+#ifndef PREFETCH
+#define PREFETCH 32   /* blocks of 64 bytes ahead on each row stream */
+#endif
 
 static inline __m512i combine(__m512i a0, __m512i a1, __m512i a2, __m512i a3)
 {
@@ -38,6 +41,7 @@ void eng_matvec_avx512(const uint8_t *w, int64_t stride, int64_t m, int64_t nb,
             const __m512i x2 = _mm512_loadu_si512((const void *)(x + 256 * b + 128));
             const __m512i x3 = _mm512_loadu_si512((const void *)(x + 256 * b + 192));
             for (int i = 0; i < ROWS; i++) {
+                _mm_prefetch((const char *)(wr + i * stride + 64 * (b + PREFETCH)), _MM_HINT_T0);
                 const __m512i wv = _mm512_loadu_si512((const void *)(wr + i * stride + 64 * b));
                 a[i][0] = _mm512_dpbusd_epi32(a[i][0], _mm512_and_si512(wv, m0), x0);
                 a[i][1] = _mm512_dpbusd_epi32(a[i][1], _mm512_and_si512(wv, m1), x1);
