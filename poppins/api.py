@@ -24,6 +24,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from .corpus.tokens import prompt_ids
 from .engine.render import STOP_IDS, Renderer
 from .engine.runtime import Engine
 from .engine.sampling import Sampler, SamplingParams
@@ -55,17 +56,6 @@ class Completion:
     def gen_tok_s(self) -> float:
         n = len(self.tokens)
         return n / self.gen_seconds if self.gen_seconds > 0 else 0.0
-
-
-def prompt_ids(tokenizer, prompt: str, system: Optional[str]) -> List[int]:
-    """``<sample> [<system>S</system>] <prompt><text>P</text></prompt>``; the texts are
-    encoded with special-token matching off (markup in them stays plain text)."""
-    ids = [S["<sample>"]]
-    if system:
-        ids += [S["<system>"], *tokenizer.encode(system, special=False).tolist(), S["</system>"]]
-    ids += [S["<prompt>"], S["<text>"], *tokenizer.encode(prompt, special=False).tolist(),
-            S["</text>"], S["</prompt>"]]
-    return ids
 
 
 def _exact_answer(tokens, vocab: int) -> bool:

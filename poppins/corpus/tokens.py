@@ -23,7 +23,7 @@ Files (no header, little-endian, as in the original; manifest.json records the v
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -102,6 +102,18 @@ def _stream(sample, enc: Dict[str, np.ndarray]) -> Tuple[List[np.ndarray], int]:
         parts.append([END_AI])
     parts.append([END_SAMPLE])
     return parts, boundary
+
+
+def prompt_ids(tokenizer, prompt: str, system: Optional[str] = None) -> List[int]:
+    """The stream a model continues to answer ``prompt``:
+    ``<sample> [<system>S</system>] <prompt><text>P</text></prompt>``, texts encoded with
+    special-token matching off (markup in them stays plain text)."""
+    ids = [SAMPLE]
+    if system:
+        ids += [_S["<system>"], *tokenizer.encode(system, special=False).tolist(), _S["</system>"]]
+    ids += [PROMPT, _S["<text>"], *tokenizer.encode(prompt, special=False).tolist(),
+            _S["</text>"], END_PROMPT]
+    return ids
 
 
 def encode_samples(samples: Sequence, tokenizer, threads=None) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """The model file ``OUT/model.poppins``: one self-contained, memory-mappable, checksummed file.
 
-Layout, format version 1 (all integers little-endian)::
+Layout, format version 1 (all integers little-endian; the frame is poppins.container's)::
 
     offset          size  field
     0               8     magic b"POPPINSM"
@@ -37,39 +37,26 @@ names the file and what is wrong.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
 from .._version import __version__
+from ..container import (ALIGN, PREFIX_SIZE, TRAILER_MAGIC, TRAILER_SIZE, read_frame,  # noqa: F401
+                         section_offsets, write_frame)
 from ..errors import PoppinsError
 from .packing import FILE_LAYOUT, FILE_LAYOUT_VERSION, TernaryTensor, packed_row_bytes
 
 MAGIC = b"POPPINSM"
-TRAILER_MAGIC = b"POPPSUM\x00"
 FORMAT_VERSION = 1
-ALIGN = 64
-_PREFIX = struct.Struct("<8sIIQ")  # magic, version, reserved, header length
-_TRAILER = struct.Struct("<8sQ32s")  # trailer magic, data bytes, sha256
-PREFIX_SIZE = _PREFIX.size
-TRAILER_SIZE = _TRAILER.size
 
 #: dense dtypes of the tensor table -> NumPy dtypes (little-endian)
 DENSE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "i8": np.dtype("i1")}
 _DENSE_LAYOUT = {"name": "dense", "version": 1}
-_MAX_HEADER = 1 << 31
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 class ModelFile:
@@ -133,14 +120,13 @@ def write_model_file(path: PathLike, *, config: Mapping[str, Any],
     if default_system is not None and not isinstance(default_system, str):
         raise TypeError("default_system must be a str or None")
     entries, blobs = [], []
-    offset = 0
     for name, value in tensors.items():
         entry, data = _tensor_entry(name, value)
-        entry["offset"] = offset
-        offset = _align(offset + entry["nbytes"])
         entries.append(entry)
         blobs.append(data)
-    data_bytes = offset
+    offsets, data_bytes = section_offsets(e["nbytes"] for e in entries)
+    for entry, off in zip(entries, offsets):
+        entry["offset"] = off
     header = {
         "format": "poppins-model",
         "version": FORMAT_VERSION,
@@ -155,45 +141,7 @@ def write_model_file(path: PathLike, *, config: Mapping[str, Any],
         "checksum": "sha256",
         "tensors": entries,
     }
-    hbytes = json.dumps(header, ensure_ascii=False, allow_nan=False,
-                        separators=(",", ":")).encode("utf-8")
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes))
-    data_start = _align(len(prefix) + len(hbytes))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            h = hashlib.sha256()
-
-            def put(b) -> None:
-                f.write(b)
-                h.update(b)
-
-            put(prefix)
-            put(hbytes)
-            put(b"\0" * (data_start - len(prefix) - len(hbytes)))
-            pos = 0
-            for entry, data in zip(entries, blobs):
-                assert pos == entry["offset"]
-                if data.nbytes:
-                    put(memoryview(data).cast("B"))
-                pos += entry["nbytes"]
-                pad = _align(pos) - pos
-                if pad:
-                    put(b"\0" * pad)
-                pos += pad
-            f.write(_TRAILER.pack(TRAILER_MAGIC, data_bytes, h.digest()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_frame(path, MAGIC, FORMAT_VERSION, header, blobs)
 
 
 def _fail(path: Path, what: str) -> PoppinsError:
@@ -204,61 +152,8 @@ def load_model_file(path: PathLike, mmap: bool = True, verify: bool = True) -> M
     """Open a model file.  ``mmap``: map it read-only (else read it into memory);
     ``verify``: check the SHA-256 of the whole file (skip for speed on trusted files)."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            prefix = f.read(PREFIX_SIZE)
-    except OSError as exc:
-        raise _fail(path, f"cannot read the model file: {exc.strerror or exc}") from None
-    if len(prefix) >= 8 and prefix[:8] != MAGIC:
-        raise _fail(path, f"not a poppins model file (magic {prefix[:8]!r}, expected {MAGIC!r})")
-    if len(prefix) < PREFIX_SIZE:
-        raise _fail(path, f"truncated model file ({size} bytes, shorter than its {PREFIX_SIZE}-byte prefix)")
-    _, version, _, hlen = _PREFIX.unpack(prefix)
-    if version != FORMAT_VERSION:
-        raise _fail(path, f"unsupported model file format version {version} "
-                          f"(this poppins reads version {FORMAT_VERSION}); "
-                          f"retrain or use a matching poppins version")
-    if hlen > _MAX_HEADER or PREFIX_SIZE + hlen + TRAILER_SIZE > size:
-        raise _fail(path, f"truncated model file ({size} bytes; the header alone needs "
-                          f"{PREFIX_SIZE + hlen} bytes plus a {TRAILER_SIZE}-byte trailer)")
-
-    if mmap:
-        buf = np.memmap(path, dtype=np.uint8, mode="r")
-    else:
-        buf = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-    if buf.size != size:
-        raise _fail(path, "the model file changed while it was being read")
-
-    try:
-        header = json.loads(bytes(buf[PREFIX_SIZE:PREFIX_SIZE + hlen]).decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"corrupted model file: the header is not valid JSON ({exc})") from None
-    data_start = _align(PREFIX_SIZE + hlen)
-    try:
-        data_bytes = int(header["data_bytes"])
-    except (KeyError, TypeError, ValueError):
-        raise _fail(path, "corrupted model file: the header has no valid 'data_bytes'") from None
-    expected = data_start + data_bytes + TRAILER_SIZE
-    if size < expected:
-        raise _fail(path, f"truncated model file ({size} bytes, expected {expected})")
-    if size > expected:
-        raise _fail(path, f"corrupted model file ({size} bytes, expected {expected}: "
-                          "unexpected bytes after the end)")
-    tmagic, tdata, digest = _TRAILER.unpack(bytes(buf[size - TRAILER_SIZE:]))
-    if tmagic != TRAILER_MAGIC or tdata != data_bytes:
-        raise _fail(path, "corrupted or truncated model file: bad trailer")
-    if verify:
-        h = hashlib.sha256()
-        step = 1 << 24
-        end = size - TRAILER_SIZE
-        for i in range(0, end, step):
-            h.update(buf[i:min(end, i + step)])
-        if h.digest() != digest:
-            raise _fail(path, "corrupted model file: SHA-256 checksum mismatch")
-
+    header, buf, data_start, data_bytes = read_frame(path, MAGIC, FORMAT_VERSION, "model file",
+                                                     mmap=mmap, verify=verify)
     for key in ("config", "tokenizer", "sources", "default_system", "tensors"):
         if key not in header:
             raise _fail(path, f"corrupted model file: the header has no {key!r}")

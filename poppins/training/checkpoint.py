@@ -30,5 +30,4 @@ def save_checkpoint(path, header: Dict[str, Any], arrays: Dict[str, np.ndarray])
 
 
 def load_checkpoint(path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    _, header, arrays = read_container(path, MAGIC, (VERSION,), "checkpoint")
-    return header, arrays
+    return read_container(path, MAGIC, VERSION, "checkpoint")

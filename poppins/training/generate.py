@@ -18,16 +18,6 @@ from ..special_tokens import SPECIAL_IDS as S
 STOP_IDS = (S["</ai>"], S["</sample>"])
 
 
-def prompt_ids(tokenizer, prompt: str, system: Optional[str] = None) -> List[int]:
-    """``<sample> [<system>S</system>] <prompt><text>P</text></prompt>``, text as plain text."""
-    ids = [S["<sample>"]]
-    if system:
-        ids += [S["<system>"], *tokenizer.encode(system, special=False).tolist(), S["</system>"]]
-    ids += [S["<prompt>"], S["<text>"], *tokenizer.encode(prompt, special=False).tolist(),
-            S["</text>"], S["</prompt>"]]
-    return ids
-
-
 def greedy(model, prompts: Sequence[Sequence[int]], max_new: int = 256,
            batch_size: int = 64) -> List[List[int]]:
     """Greedy continuations of ``prompts`` (token id lists), each up to and including the first
