@@ -259,3 +259,28 @@ def test_web_page_in_headless_chromium(model):
         driver.quit()
         srv.shutdown()
         srv.server_close()
+
+
+def test_long_conversations_drop_whole_old_turns(model):
+    from poppins.special_tokens import SPECIAL_IDS as S
+
+    msgs = [{"role": "system", "content": SYSTEM}]
+    for i in range(40):
+        msgs += [{"role": "user", "content": f"question number {i} " * 3},
+                 {"role": "assistant", "content": f"answer number {i} " * 3}]
+    msgs.append({"role": "user", "content": FIRST})
+    full = model.encode_conversation(msgs)
+    budget = len(full) // 3
+    ids = model.encode_conversation(msgs, budget=budget)
+    assert len(ids) <= budget
+    assert ids[-len(model.encode_conversation([msgs[-1]], system="")) + 1:] == \
+        model.encode_conversation([msgs[-1]], system="")[1:]          # the new prompt is whole
+    text = model.tokenizer.decode([t for t in ids if t >= 125])
+    kept = [i for i in range(40) if f"question number {i} " in text]
+    assert kept == list(range(kept[0], 40))                          # the most recent turns
+    for i in kept:                                                     # each one whole
+        assert f"answer number {i} " * 3 in text
+    assert ids.count(S["<prompt>"]) == len(kept) + 1 and ids.count(S["<ai>"]) == len(kept)
+    # through the server: a conversation longer than the context still gets an answer
+    events = list(model.chat_events(msgs, temperature=0, max_tokens=8))
+    assert events[-1][1] is not None and events[-1][1].prompt_tokens <= model.context_length
