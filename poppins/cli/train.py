@@ -60,7 +60,8 @@ def add_parser(sub) -> None:
     g.add_argument("--heads", type=int, help="attention heads (heads)")
     g.add_argument("--kv-heads", type=int, help="key/value heads for grouped-query attention")
     g.add_argument("--attention", choices=("mha", "mla"), help="mha or mla (latent attention)")
-    g.add_argument("--context", type=int, help="context length (default: the longest sample)")
+    g.add_argument("--context", type=int,
+                   help="context length (default: max(256, the longest sample), up to 1024)")
     g.add_argument("--steps", type=int, help="optimizer steps (default: from --epochs)")
     g.add_argument("--epochs", type=float, help="passes over the training samples")
     g.add_argument("--batch-size", type=int, help="packed sequences per step")
