@@ -174,13 +174,16 @@ class Model:
         return head + [i for c in earlier for i in c] + last
 
     # ------------------------------------------------------------------ generation
-    def chat_events(self, messages, **kw) -> Iterator:
+    def chat_events(self, messages, stream: bool = True, **kw) -> Iterator:
         """Like :meth:`stream` for a conversation (see :meth:`encode_conversation`), as
-        events: (piece, None) while generating, then (None, Completion)."""
-        return self._run(None, kw, messages=messages)
+        events: (piece, None) while generating, then (None, Completion).  With
+        ``stream=False`` only the final event comes, from the compiled generation loop."""
+        return self._run(None, kw, messages=messages, stream=stream)
 
-    def _run(self, prompt: Optional[str], kw, messages=None) -> Iterator:
-        """Yields (piece, None) while generating, then (None, Completion)."""
+    def _run(self, prompt: Optional[str], kw, messages=None, stream: bool = True) -> Iterator:
+        """Yields (piece, None) while generating, then (None, Completion).  Without
+        ``stream`` and stop strings, the whole answer is one compiled loop (no GIL) and only
+        the final event comes."""
         if messages is None and not isinstance(prompt, str):
             raise PoppinsError(f"the prompt must be a str, got {type(prompt).__name__}")
         gen, params = _split_kwargs(dict(kw))
@@ -221,6 +224,34 @@ class Model:
         t = sampler.sample(logits, history[:nh])
         emitted = 0
         reason, note = "end", None
+        if not stream and not stops:
+            out.append(t)
+            history[nh] = t
+            nh += 1
+            if t not in STOP_IDS:
+                room = ctx - nh
+                if max_tokens >= 0:
+                    room = min(room, max_tokens - len(out))
+                n = sess.generate(t, sampler, history, nh, room, STOP_IDS)
+                out += history[nh:nh + n].tolist()
+                nh += n
+            t2 = time.perf_counter()
+            if out[-1] in STOP_IDS:
+                reason = "end"
+            elif 0 <= max_tokens <= len(out):
+                reason = "max-tokens"
+            else:
+                reason = "context"
+                note = (f"the answer reached the end of the context ({ctx} tokens) and may "
+                        "be cut short")
+            for tok in out:
+                if tok not in STOP_IDS:
+                    render.feed(tok)
+            yield None, Completion(text=render.text(final=True), tokens=out,
+                                   prompt_tokens=len(ids), stop_reason=reason,
+                                   prompt_seconds=t1 - t0, gen_seconds=t2 - t1,
+                                   seed=sampler.seed, note=note)
+            return
         while True:
             out.append(t)
             history[nh] = t
@@ -269,7 +300,7 @@ class Model:
     def complete(self, prompt: str, **kw) -> Completion:
         """The answer with its tokens, stop reason and timings."""
         result = None
-        for _piece, c in self._run(prompt, kw):
+        for _piece, c in self._run(prompt, kw, stream=False):
             if c is not None:
                 result = c
         return result

@@ -250,14 +250,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string", param="prompt")
         kw = sampling_from(body, self.server.max_tokens_cap)
-        events = self.server.model.chat_events([{"role": "user", "content": prompt}], **kw)
+        events = self.server.model.chat_events([{"role": "user", "content": prompt}],
+                                               stream=bool(body.get("stream")), **kw)
         self._answer(body, events, chat=False)
 
     def _chat(self, body):
         self._check_model(body)
         msgs = _messages(body)
         kw = sampling_from(body, self.server.max_tokens_cap)
-        events = self.server.model.chat_events(msgs, **kw)
+        events = self.server.model.chat_events(msgs, stream=bool(body.get("stream")), **kw)
         self._answer(body, events, chat=True)
 
     def _answer(self, body, events: Iterator[Tuple[Optional[str], Any]], chat: bool) -> None:

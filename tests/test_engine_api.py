@@ -228,3 +228,15 @@ def test_chat_events_conversation(model):
                  {"role": "user", "content": "b"}], [{"role": "bot", "content": "a"}]):
         with pytest.raises(PoppinsError):
             list(model.chat_events(bad))
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=1.0, seed=11),
+                                dict(temperature=0.8, top_k=5, top_p=0.9, min_p=0.1,
+                                     repeat_penalty=1.3, seed=3, max_tokens=7)])
+def test_compiled_loop_equals_per_token_loop(model, kw):
+    """complete() runs the whole answer as one compiled loop; streaming goes token by token
+    through Python: the same tokens, stop reason and text."""
+    fast = model.complete("What is poppins?", **kw)
+    slow = [c for _p, c in model._run("What is poppins?", dict(kw), stream=True) if c][0]
+    assert fast.tokens == slow.tokens and fast.stop_reason == slow.stop_reason
+    assert fast.text == slow.text

@@ -582,6 +582,42 @@ cdef class DecodeSession:
             raise ValueError(f"decode step: bad token {token} or position {pos}")
         return tok, state
 
+    def generate(self, int token, int64_t pos, float[::1] logits, int threads, params,
+                 uint64_t state, int32_t[::1] history, int64_t n_hist, int64_t max_new,
+                 int stop_a, int stop_b):
+        """The per-token loop in compiled code, without the GIL: feed ``token`` at ``pos``,
+        sample the next token (history[:n] is the repeat-penalty context), append it to
+        ``history``, and go on until a stop id, ``max_new`` new tokens, or the end of
+        ``history``.  Returns (number of new tokens, new generator state)."""
+        cdef eng_sampling sp
+        cdef int rc = 0
+        cdef int32_t tok = token
+        cdef int64_t i = 0, n = n_hist
+        _params(&sp, params)
+        if logits.shape[0] != self.vocab:
+            raise ValueError("decode loop: logits must have vocab entries")
+        if n_hist < 1 or n_hist > history.shape[0]:
+            raise ValueError("decode loop: n_hist out of range")
+        if max_new > history.shape[0] - n_hist:
+            max_new = history.shape[0] - n_hist
+        if self.work is None:
+            self.work = np.empty(eng_sample_work_bytes(self.vocab), np.uint8)
+        cdef uint8_t[::1] wv = self.work
+        with nogil:
+            while i < max_new:
+                rc = eng_decode_step(&self.plan.M, self.S, tok, pos + i, &logits[0], threads)
+                if rc != 0:
+                    break
+                tok = eng_sample(&sp, &state, &logits[0], self.vocab, &history[0], n, &wv[0])
+                history[n] = tok
+                n += 1
+                i += 1
+                if tok == stop_a or tok == stop_b:
+                    break
+        if rc != 0:
+            raise ValueError(f"decode loop: bad token or position {pos + i}")
+        return i, state
+
     def step(self, int token, int64_t pos, float[::1] logits, int threads=1):
         """Feed one token at position pos; logits[vocab] receives the next-token logits."""
         cdef int rc

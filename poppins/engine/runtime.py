@@ -396,6 +396,32 @@ class Session:
             return int(tok)
         return sampler.sample(self.forward([token]), recent[:n_recent])
 
+    def generate(self, token: int, sampler, history: np.ndarray, n_hist: int, max_new: int,
+                 stop_ids) -> int:
+        """Feed ``token`` and keep sampling, appending to ``history`` (int32; its first
+        ``n_hist`` entries are the context so far, ``token`` last), until a token of
+        ``stop_ids`` (two ids), ``max_new`` new tokens or the context end.  Returns how many
+        tokens were appended.  With the extension built the whole loop is one compiled call
+        without the GIL; else next_token() in a loop: the same tokens."""
+        max_new = max(0, min(int(max_new), self.context - self.pos, len(history) - n_hist))
+        if self._step is not None:
+            if not 0 <= int(token) < self.engine.cfg.vocab_size:
+                raise PoppinsError(f"token id out of range 0..{self.engine.cfg.vocab_size - 1}")
+            a, b = (int(t) for t in stop_ids)
+            n, sampler.state = self._step.generate(
+                int(token), self.pos, self._logits[0], self.threads, sampler.params,
+                sampler.state, history, int(n_hist), max_new, a, b)
+            self.pos += int(n)
+            return int(n)
+        n = 0
+        while n < max_new:
+            token = self.next_token(token, sampler, history, n_hist + n)
+            history[n_hist + n] = token
+            n += 1
+            if token in stop_ids:
+                break
+        return n
+
     def _mla(self, i: int, L: _Layer, s: _Scratch, q8: np.ndarray, pos0: int, n: int) -> None:
         e, cfg = self.engine, self.engine.cfg
         op, th = e.op, self.threads
