@@ -33,22 +33,7 @@
         }                                                                                  \
     }
 
-static inline __attribute__((always_inline)) void
-tile_mm(const uint8_t **w, const int8_t **x, int64_t nb,
-        int32_t out[TERN_TR_MM][TERN_TC_MM]) {
-#define XMM(j) x[j]
-    TILE_BODY(TERN_TR_MM, TERN_TC_MM, XMM)
-    for (int i = 0; i < TERN_TR_MM; i++)
-        for (int j = 0; j < TERN_TC_MM; j++) out[i][j] = _mm512_reduce_add_epi32(acc[i][j]);
-}
-
-static inline __attribute__((always_inline)) void
-tile_mv(const uint8_t **w, const int8_t *x, int64_t nb, int32_t out[TERN_TR_MV]) {
-#define XMV(j) x
-    TILE_BODY(TERN_TR_MV, 1, XMV)
-    for (int i = 0; i < TERN_TR_MV; i++) out[i] = _mm512_reduce_add_epi32(acc[i][0]);
-}
-
+#define TERN_HSUM(v) _mm512_reduce_add_epi32(v)   /* tile_mm / tile_mv come from ternary_tiles.h */
 #include "ternary_tiles.h"
 
 #endif

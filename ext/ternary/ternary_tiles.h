@@ -5,6 +5,8 @@
  *   TERN_TR_MV               rows per tile for n == 1 (matrix-vector)
  *   TERN_OFFSET              1 when the tiles return sum u*x (u = t + 1): subtract sum x
  *   TERN_ROWS_FN             the name of the exported rows function
+ *   either TILE_BODY(rows, cols, X) and TERN_HSUM(v) (SIMD paths; the tiles follow below),
+ *   or its own
  *   static void tile_mm(const uint8_t **w, const int8_t **x, int64_t nb,
  *                       int32_t out[TERN_TR_MM][TERN_TC_MM]);
  *   static void tile_mv(const uint8_t **w, const int8_t *x, int64_t nb,
@@ -22,6 +24,28 @@
 #endif
 
 #define TERN_COLBLOCK_BYTES (192 * 1024)
+
+#ifdef TERN_HSUM
+/* A SIMD path defines TILE_BODY(rows, cols, X) (accumulating into acc[rows][cols] vector
+ * registers, X(j) naming column j's activations) and TERN_HSUM(v) (a vector's lane sum);
+ * the two tile functions follow from them. */
+static inline __attribute__((always_inline)) void
+tile_mm(const uint8_t **w, const int8_t **x, int64_t nb, int32_t out[TERN_TR_MM][TERN_TC_MM]) {
+#define XMM(j) x[j]
+    TILE_BODY(TERN_TR_MM, TERN_TC_MM, XMM)
+    for (int i = 0; i < TERN_TR_MM; i++)
+        for (int j = 0; j < TERN_TC_MM; j++) out[i][j] = TERN_HSUM(acc[i][j]);
+#undef XMM
+}
+
+static inline __attribute__((always_inline)) void
+tile_mv(const uint8_t **w, const int8_t *x, int64_t nb, int32_t out[TERN_TR_MV]) {
+#define XMV(j) x
+    TILE_BODY(TERN_TR_MV, 1, XMV)
+    for (int i = 0; i < TERN_TR_MV; i++) out[i] = TERN_HSUM(acc[i][0]);
+#undef XMV
+}
+#endif
 
 void TERN_ROWS_FN(const tern_job *job, int64_t r0, int64_t r1) {
     const int64_t k = job->k, n = job->n;
