@@ -44,6 +44,10 @@ need=()
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu)
 command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 || need+=(gcc-arm-linux-gnueabihf)
 command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
+# The cross compilers' C library headers are only a recommendation of gcc-*-linux-gnu*: name
+# them, or a fresh host installed with --no-install-recommends has no <bits/libc-header-start.h>.
+[ -f /usr/aarch64-linux-gnu/include/bits/libc-header-start.h ] || need+=(libc6-dev-arm64-cross)
+[ -f /usr/arm-linux-gnueabihf/include/bits/libc-header-start.h ] || need+=(libc6-dev-armhf-cross)
 command -v dpkg-deb >/dev/null 2>&1 || { echo "test-arm: needs a Debian/Ubuntu host (dpkg-deb)"; exit 2; }
 if [ ${#need[@]} -gt 0 ]; then
     apt_update
