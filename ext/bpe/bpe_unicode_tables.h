@@ -412,8 +412,8 @@ static const uint8_t bpe_uclass_stage2[8448] = {
 85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,85,5,0,
 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
 };
-/* non-ASCII code points that (?i:...) folds onto a contraction letter: the cases of
- * a switch returning the letter */
+/* non-ASCII code points that (?i:...) folds onto a contraction letter: the
+ * cases of a switch returning the letter */
 #define BPE_FOLD_EXTRA_CASES \
     case 0x17F: return 's'; \
     /* end */
