@@ -9,7 +9,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poppins.tokenizer import reference
+from poppins.tokenizer import reference, unicode_classes
 
 bpe = pytest.importorskip("poppins._bpe", reason="compiled extension not built")
 
@@ -49,21 +49,31 @@ def test_pretokenize_handmade(text):
 def test_pretokenize_random_multiscript():
     for text in random_texts(1, 300):
         b = text.encode("utf-8")
-        assert bpe.pretokenize(b).tolist() == regex_ends(text), text
+        assert bpe.pretokenize(b).tolist() == reference.pretokenize(b).tolist() == \
+            regex_ends(text), text
 
 
-#: Characters assigned in this Python's Unicode database.  Code points assigned later (or not
-#: at all) are classified by whatever Unicode version the installed `regex` has, which may be
-#: newer than the one the compiled tables were generated from; those are checked by
-#: test_pretokenize_every_code_point when the versions match.
-ASSIGNED = st.characters(exclude_categories=("Cn", "Cs"))
+# ---------------------------------------------------------------- the character classes
+#
+# Both pre-tokenizers read the classes of poppins/tokenizer/unicode_classes.py (the C one as
+# ext/bpe/bpe_unicode_tables.h, rendered from it), so they agree on the whole code space
+# whatever `regex` or Python Unicode database is installed.
+
+#: Where the classes change: the ends of every run of the table and their neighbours, plus
+#: the characters the pattern names.
+EDGES = sorted({cp for first, last, _ in unicode_classes.RUNS
+                for cp in (first - 1, first, last, last + 1) if 0 <= cp < 0x110000}
+               | set(unicode_classes.FOLDS) | {ord(c) for c in "'sStTrReEvVmMlLdD\r\n \t"})
+ANY_CHAR = st.one_of(st.integers(0, 0x10FFFF), st.sampled_from(EDGES)).map(chr)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.text(ASSIGNED))
+@settings(max_examples=400, deadline=None)
+@given(st.text(ANY_CHAR, max_size=40))
 def test_pretokenize_hypothesis(text):
-    b = text.encode("utf-8")
-    assert bpe.pretokenize(b).tolist() == regex_ends(text)
+    """Any code point: unassigned, assigned only in a newer Unicode version, surrogates (as
+    their ill-formed UTF-8 bytes), private use."""
+    b = text.encode("utf-8", "surrogatepass")
+    assert bpe.pretokenize(b).tolist() == reference.pretokenize(b).tolist()
 
 
 @settings(max_examples=200, deadline=None)
@@ -74,21 +84,80 @@ def test_pretokenize_invalid_utf8(data):
 
 
 def test_pretokenize_every_code_point():
-    """The generated class tables agree with the regex module on every code point (when
-    the installed regex is the version the tables were generated from)."""
+    """The compiled and the Python pre-tokenizer classify every code point alike."""
+    cps = [chr(c) for c in range(0x110000)]
+    for glue in ("", "a", " ", "1", "'", "\n"):
+        b = glue.join(cps).encode("utf-8", "surrogatepass")
+        assert np.array_equal(bpe.pretokenize(b), reference.pretokenize(b)), repr(glue)
+
+
+def test_char_class_reads_the_table():
+    starts = {first: c for first, _, c in unicode_classes.RUNS}
+    for first, last, c in unicode_classes.RUNS:
+        for cp in (first, (first + last) // 2, last):
+            assert reference.char_class(cp) == c
+        if last + 1 < 0x110000:  # the next run starts there, or an OTHER gap does
+            assert reference.char_class(last + 1) == starts.get(last + 1, unicode_classes.OTHER)
+    assert [reference.char_class(ord(c)) for c in "a1 !\u017f\U00010940"] == [1, 2, 3, 0, 1, 1]
+    assert reference.char_class(0x10FFFF) == reference.char_class(0xD800) == 0
+
+
+def test_reference_needs_no_regex_package():
+    """The Python pre-tokenizer and tokenizer work with the regex package unavailable."""
+    import json
+    import os
+    import subprocess
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "ext" / "bpe" / "bpe_unicode_tables.h"
-    if not path.is_file():
-        pytest.skip("ext/bpe sources are not present")
-    header = path.read_text()
-    if f"(version {regex.__version__})" not in header.splitlines()[0]:
-        pytest.skip("tables were generated with another regex version (Unicode data differ)")
-    cps = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
-    for glue in ("", "a", " ", "1"):
-        text = glue.join(cps)
-        b = text.encode("utf-8")
-        assert bpe.pretokenize(b).tolist() == regex_ends(text), repr(glue)
+    code = ("import json, sys; sys.modules['regex'] = None\n"
+            "from poppins.tokenizer import Tokenizer, reference\n"
+            "t = Tokenizer.train(['h\u00e9llo w\u00f6rld 12345 \u0661\u0662'] * 3,"
+            " vocab_size=125 + 256 + 8, min_frequency=0)\n"
+            "print(json.dumps([reference.pretokenize("
+            "'it\u017fs \U00010940\U00010941 x'.encode()).tolist(),"
+            " t.encode('h\u00e9llo').tolist()]))\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, POPPINS_NO_EXT="1",
+               PYTHONPATH=os.pathsep.join([root] + [p for p in sys.path if p]))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ends, ids = json.loads(res.stdout)
+    assert ends == reference.pretokenize("it\u017fs \U00010940\U00010941 x".encode()).tolist()
+    assert ends == [5, 14, 16] and len(ids) >= 1
+
+
+def _regex_class(ch: str):
+    """(class, contraction letter it folds onto) of a character under the installed regex."""
+    k = next((v for pat, v in ((r"\p{L}", 1), (r"\p{N}", 2), (r"\s", 3))
+              if regex.fullmatch(pat, ch)), 0)
+    return k, next((c for c in "stremvld" if regex.fullmatch("(?i:%s)" % c, ch)), None)
+
+
+_AGREES: dict = {}
+
+
+def regex_agrees(ch: str) -> bool:
+    """The installed regex classifies ch as the table does (true of every character outside
+    the Unicode versions the two were made from)."""
+    if ch not in _AGREES:
+        cp = ord(ch)
+        fold = unicode_classes.FOLDS.get(cp)
+        if cp < 128 and ch.lower() in "stremvld":
+            fold = ch.lower()
+        _AGREES[ch] = _regex_class(ch) == (reference.char_class(cp), fold)
+    return _AGREES[ch]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(ANY_CHAR.filter(lambda c: not 0xD800 <= ord(c) < 0xE000 and regex_agrees(c)),
+               max_size=40))
+def test_pretokenize_is_the_interop_pattern(text):
+    """On characters the installed regex classifies as the table does, the split is that of
+    PATTERN run by regex (the pattern string of tokenizer.json)."""
+    b = text.encode("utf-8")
+    assert reference.pretokenize(b).tolist() == regex_ends(text)
 
 
 def test_pretokenize_tinyshakespeare(tinyshakespeare):
@@ -296,6 +365,8 @@ def test_added_tokens_overlapping(text, special):
 
 
 def test_unicode_tables_are_regenerated_identically():
+    """unicode_classes.py and bpe_unicode_tables.h are what the generator renders from the
+    committed classes (no dependence on the installed regex)."""
     import runpy
     from pathlib import Path
 
@@ -303,7 +374,8 @@ def test_unicode_tables_are_regenerated_identically():
     if not gen.is_file():
         pytest.skip("ext/bpe sources are not present")
     mod = runpy.run_path(str(gen))
-    header = gen.with_name("bpe_unicode_tables.h").read_text()
-    if f"(version {regex.__version__})" not in header.splitlines()[0]:
-        pytest.skip("tables were generated with another regex version")
-    assert mod["render"]() == header
+    files = mod["renderings"](*mod["load"]())
+    assert sorted(p.name for p in files) == ["bpe_unicode_tables.h", "unicode_classes.py"]
+    for path, text in files.items():
+        assert path.read_text() == text, path
+    assert mod["main"](["--check"]) == 0

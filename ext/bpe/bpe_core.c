@@ -58,16 +58,8 @@ static inline size_t dec(const uint8_t *s, size_t n, size_t i, uint32_t *cp) {
     return 1;
 }
 
-/* ASCII classes: letters, digits, the six \s characters, else other. */
-static const uint8_t ascii_class[128] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0,
-    0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 0, 0, 0, 0, 0};
-
 static inline int cls(uint32_t cp) {
-    if (cp < 128) return ascii_class[cp];
+    if (cp < 128) return bpe_ascii_class[cp];
     return bpe_uclass(cp);
 }
 
@@ -77,8 +69,7 @@ static inline int fold(uint32_t cp) {
     switch (cp) {
     case 's': case 't': case 'r': case 'e': case 'v': case 'm': case 'l': case 'd':
         return (int)cp;
-    case BPE_FOLD_S_EXTRA:
-        return 's';
+    BPE_FOLD_EXTRA_CASES
     default:
         return 0;
     }

@@ -1,43 +1,135 @@
-"""Generate bpe_unicode_tables.h: the character classes the GPT-4 split pattern needs.
+"""The character classes of the GPT-4 split pattern: one definition, two renderings.
 
-    python ext/bpe/gen_unicode_tables.py          # rewrites ext/bpe/bpe_unicode_tables.h
+    python ext/bpe/gen_unicode_tables.py               # re-render both files from the classes
+    python ext/bpe/gen_unicode_tables.py --check       # exit 1 if a file is not its rendering
+    python ext/bpe/gen_unicode_tables.py --from-regex  # new Unicode version: take the classes from
+                                                       # the installed ``regex`` and rewrite both
 
-The classes are taken from the ``regex`` module itself (the reference pre-tokenizer), so the
-compiled split agrees with it by construction: 1 = ``\\p{L}``, 2 = ``\\p{N}``, 3 = ``\\s``,
-0 = anything else.  Layout: a two-level table over blocks of 256 code points, 2 bits per
-code point (stage 1: block -> unique block number; stage 2: 64 bytes per unique block).
-The output is deterministic (same ``regex`` Unicode version, same bytes).
+Classes: 1 = ``\\p{L}``, 2 = ``\\p{N}``, 3 = ``\\s`` (White_Space), 0 = anything else
+(unassigned code points and surrogates included).  The (?i:...) contractions also need the
+non-ASCII code points that fold onto one of their letters (U+017F LONG S onto ``s``).
+
+The one definition is poppins/tokenizer/unicode_classes.py: the runs of code points of each
+class, committed, read at run time by the pure-Python pre-tokenizer (reference.py) and read
+here to render ext/bpe/bpe_unicode_tables.h for the compiled one (bpe_core.c).  Both outputs
+are deterministic functions of those runs, so regenerating gives the same bytes whatever
+``regex`` or Python is installed (tests/test_bpe_kernels.py checks it).  Only ``--from-regex``
+looks at the ``regex`` module, to move to the Unicode version of the installed one.
+
+Header layout: a two-level table over blocks of 256 code points, 2 bits per code point
+(stage 1: block -> unique block number; stage 2: 64 bytes per unique block).
 """
 from __future__ import annotations
 
+import argparse
+import runpy
 import sys
 from pathlib import Path
 
-import regex
-
 BLOCK = 256
-OUT = Path(__file__).resolve().parent / "bpe_unicode_tables.h"
+HERE = Path(__file__).resolve().parent
+HEADER = HERE / "bpe_unicode_tables.h"
+MODULE = HERE.parent.parent / "poppins" / "tokenizer" / "unicode_classes.py"
+CONTRACTION_LETTERS = "stremvld"  # the letters of (?i:'s|'t|'re|'ve|'m|'ll|'d)
+NAMES = {1: "LETTER", 2: "NUMBER", 3: "SPACE"}
 
 
-def classes() -> bytearray:
+# ------------------------------------------------------------------ the classes
+
+
+def from_regex():
+    """(source, class per code point, folds) from the installed ``regex`` module."""
+    import regex
+
     cls = bytearray(0x110000)
     # surrogates are valid in a Python str; they are "other" for every class
     s = "".join(chr(c) for c in range(0x110000))
     for pat, v in ((r"\p{L}", 1), (r"\p{N}", 2), (r"\s", 3)):
         for m in regex.finditer(pat, s):
+            assert cls[m.start()] == 0, hex(m.start())
             cls[m.start()] = v
-    return cls
+    folds = {}
+    for ch in CONTRACTION_LETTERS:
+        for m in regex.finditer("(?i:%s)" % ch, s):
+            cp = ord(m.group())
+            if cp >= 128:
+                folds[cp] = ch
+    return f"regex {regex.__version__}", cls, folds
 
 
-def casefold_partners() -> dict:
-    """Code points matching each contraction letter under the pattern's (?i:...)."""
-    s = "".join(chr(c) for c in range(0x110000))
-    return {ch: sorted(ord(m.group()) for m in regex.finditer("(?i:%s)" % ch, s))
-            for ch in "stremvld"}
+def load(path: Path = MODULE):
+    """(source, class per code point, folds) from the committed unicode_classes.py."""
+    mod = runpy.run_path(str(path))
+    cls = bytearray(0x110000)
+    for first, last, c in mod["RUNS"]:
+        cls[first:last + 1] = bytes([c]) * (last + 1 - first)
+    return mod["SOURCE"], cls, dict(mod["FOLDS"])
 
 
-def render() -> str:
-    cls = classes()
+def runs(cls: bytearray):
+    """Maximal runs (first, last, class) of code points whose class is not 0, ascending."""
+    out, start = [], 0
+    for cp in range(1, 0x110001):
+        if cp == 0x110000 or cls[cp] != cls[start]:
+            if cls[start]:
+                out.append((start, cp - 1, cls[start]))
+            start = cp
+    return out
+
+
+def check_classes(cls: bytearray, folds: dict) -> None:
+    """What the two pre-tokenizers rely on beyond the table itself."""
+    for ch in "\r\n ":  # the pattern names these white-space characters
+        assert cls[ord(ch)] == 3, repr(ch)
+    assert cls[ord("'")] == 0 and all(cls[ord(c)] == cls[ord(c.upper())] == 1
+                                      for c in CONTRACTION_LETTERS)
+    assert all(cls[c] == 0 for c in range(0xD800, 0xE000)), "surrogates must be class 0"
+    for cp, ch in folds.items():
+        assert cp >= 128 and ch in CONTRACTION_LETTERS and cls[cp] == 1, (hex(cp), ch)
+
+
+# ------------------------------------------------------------------ renderings
+
+
+MODULE_HEAD = '''"""Character classes of the GPT-4 split pattern: the one definition (generated by
+ext/bpe/gen_unicode_tables.py; do not edit).
+
+The compiled pre-tokenizer reads them as ext/bpe/bpe_unicode_tables.h (rendered from this
+file) and the pure-Python one (reference.py) reads this file, so both split every text the
+same way, whatever ``regex`` package or Python Unicode database is installed.  ``SOURCE``
+is where the classes were taken from (``--from-regex``); Hugging Face ``tokenizers`` and
+other peers that run the pattern string use their own Unicode version (see core.py).
+"""
+
+SOURCE = {source!r}
+
+OTHER, LETTER, NUMBER, SPACE = 0, 1, 2, 3
+
+#: (first, last, class): the maximal runs of code points of class LETTER (\\p{{L}}), NUMBER
+#: (\\p{{N}}) or SPACE (\\s, White_Space), ascending; every other code point is OTHER.
+RUNS = ('''
+
+
+def render_module(source: str, cls: bytearray, folds: dict) -> str:
+    out = MODULE_HEAD.format(source=source).split("\n")
+    items = [f"(0x{a:X}, 0x{b:X}, {NAMES[c]})," for a, b, c in runs(cls)]
+    line = "   "
+    for it in items:
+        if len(line) + 1 + len(it) > 99:
+            out.append(line)
+            line = "   "
+        line += " " + it
+    out.append(line)
+    out.append(")")
+    out.append("")
+    out.append("#: Non-ASCII code points that the pattern's (?i:...) folds onto a contraction "
+               "letter.")
+    out.append("FOLDS = {" + ", ".join(f"0x{cp:X}: {ch!r}" for cp, ch in sorted(folds.items()))
+               + "}")
+    return "\n".join(out) + "\n"
+
+
+def render_header(source: str, cls: bytearray, folds: dict) -> str:
     stage1, blocks, index = [], [], {}
     for start in range(0, 0x110000, BLOCK):
         blk = bytes(cls[start:start + BLOCK])
@@ -50,10 +142,15 @@ def render() -> str:
     for blk in blocks:
         for i in range(0, BLOCK, 4):
             packed.append(blk[i] | (blk[i + 1] << 2) | (blk[i + 2] << 4) | (blk[i + 3] << 6))
-    out = ["/* Generated by ext/bpe/gen_unicode_tables.py from the regex module "
-           f"(version {regex.__version__}); do not edit. */",
+    out = ["/* Generated by ext/bpe/gen_unicode_tables.py from "
+           f"poppins/tokenizer/unicode_classes.py ({source}); do not edit. */",
            "#ifndef BPE_UNICODE_TABLES_H", "#define BPE_UNICODE_TABLES_H", "#include <stdint.h>",
            f"#define BPE_UCLASS_BLOCKS {len(blocks)}",
+           "/* the classes of U+0000..U+007F, for the ASCII fast path */",
+           "static const uint8_t bpe_ascii_class[128] = {",
+           ",".join(str(v) for v in cls[:64]) + ",",
+           ",".join(str(v) for v in cls[64:128]) + ",",
+           "};",
            f"static const uint8_t bpe_uclass_stage1[{len(stage1)}] = {{"]
     for i in range(0, len(stage1), 32):
         out.append(",".join(str(v) for v in stage1[i:i + 32]) + ",")
@@ -62,17 +159,38 @@ def render() -> str:
     for i in range(0, len(packed), 32):
         out.append(",".join(str(v) for v in packed[i:i + 32]) + ",")
     out.append("};")
-    partners = casefold_partners()
-    extra = sorted({cp for ch, cps in partners.items() for cp in cps if cp >= 128})
-    out.append("/* non-ASCII code points that (?i:...) folds onto a contraction letter */")
-    for cp in extra:
-        letters = "".join(ch for ch, cps in partners.items() if cp in cps)
-        out.append(f"#define BPE_FOLD_{letters.upper()}_EXTRA 0x{cp:X}")
+    out.append("/* non-ASCII code points that (?i:...) folds onto a contraction letter: the")
+    out.append(" * cases of a switch returning the letter */")
+    out.append("#define BPE_FOLD_EXTRA_CASES \\")
+    for cp, ch in sorted(folds.items()):
+        out.append(f"    case 0x{cp:X}: return '{ch}'; \\")
+    out.append("    /* end */")
     out.append("#endif")
     return "\n".join(out) + "\n"
 
 
+def renderings(source: str, cls: bytearray, folds: dict) -> dict:
+    check_classes(cls, folds)
+    return {MODULE: render_module(source, cls, folds), HEADER: render_header(source, cls, folds)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only compare, write nothing")
+    ap.add_argument("--from-regex", action="store_true",
+                    help="take the classes from the installed regex module")
+    args = ap.parse_args(argv)
+    files = renderings(*(from_regex() if args.from_regex else load()))
+    stale = [p for p, text in files.items() if not p.is_file() or p.read_text() != text]
+    if args.check:
+        for p in stale:
+            print(f"{p} differs from its rendering", file=sys.stderr)
+        return 1 if stale else 0
+    for p in stale:
+        p.write_text(text := files[p])
+        print(f"wrote {p} ({len(text)} bytes)", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
-    text = render()
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({len(text)} bytes)", file=sys.stderr)
+    sys.exit(main())

@@ -5,7 +5,10 @@ What we write, so that ``tokenizers.Tokenizer.from_file`` gives our ids on any t
 * ``added_tokens``: the special tokens (``special: true``) and the requested tokens
   (``special: false``), never normalized, no strip/single-word flags;
 * ``normalizer``: null; ``pre_tokenizer``: Sequence[Split(GPT-4 pattern, Isolated),
-  ByteLevel(add_prefix_space=false, use_regex=false)]; ``decoder``: ByteLevel;
+  ByteLevel(add_prefix_space=false, use_regex=false)]; ``decoder``: ByteLevel.  The pattern is
+  the interop string ``PATTERN``; the reader runs it with its own Unicode version, ours come
+  from :mod:`.unicode_classes` (the two may split code points assigned in between
+  differently, see core.py);
 * ``model``: BPE with the GPT-2 byte-to-unicode alphabet; ``vocab`` holds every id (added
   tokens under their own content), ``merges`` are ``"left right"`` strings in rank order
   (byte-level strings never contain a space, so every tokenizers version reads them).

@@ -3,7 +3,9 @@ signatures, same results to the id).  Used when the extension is missing or
 ``POPPINS_NO_EXT=1``; the tests compare the two.
 
 * ``pretokenize(data)``: end byte offsets of the GPT-4 pattern's pieces of a UTF-8 buffer
-  (ill-formed bytes count as one "other" character each, as with ``surrogateescape``).
+  (ill-formed bytes count as one "other" character each, as with ``surrogateescape``).  The
+  character classes are the generated ones of :mod:`.unicode_classes`, which the compiled
+  pre-tokenizer reads too, never those of the installed ``regex`` package or Python.
 * ``WordCounter``: unique pre-token words with counts.  Added tokens are cut out first the way
   ``encode(special=False)`` does it: requested tokens split the text, special-token strings
   stay text (and, as in Hugging Face tokenizers, a skipped special-token match is not searched
@@ -23,33 +25,94 @@ from __future__ import annotations
 
 import heapq
 import re
+from bisect import bisect_right
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
-import regex
 
-#: The GPT-4 (cl100k) split pattern.
+from . import unicode_classes as uc
+
+#: The GPT-4 (cl100k) split pattern, as written for ``regex``-style engines: the pattern of
+#: tokenizer.json (Hugging Face interop).  Its classes \p{L}, \p{N}, \s are those of
+#: :mod:`.unicode_classes` here; a peer running the string uses its own Unicode version.
 PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PAT = regex.compile(PATTERN)
 
 
 def build_info() -> dict:
-    return {"openmp": False, "kernel": "python", "pretokenizer": "regex"}
+    return {"openmp": False, "kernel": "python", "pretokenizer": "gpt4-python"}
 
 
 def _as_bytes(data) -> bytes:
     return data if isinstance(data, bytes) else bytes(memoryview(data).cast("B"))
 
 
+# ---------------------------------------------------------------- pre-tokenizer
+#
+# The pattern only asks of a character its class (letter, number, white space, other) and
+# whether it is one of  '  \r  \n  space  or a contraction letter (s t r e v m l d in either
+# case, or a non-ASCII character folding onto one).  So each non-ASCII character is replaced
+# by an ASCII stand-in that answers the same (a letter by "A", a number by "0", white space
+# by "\t", anything else by "\x00"; "\u017f" by "s"), and PATTERN, with its classes spelled
+# as the ASCII members of the table's classes, runs on that with the standard ``re``: one
+# code point in, one out, so the pieces have the same extent in both strings.
+
+_STARTS = [run[0] for run in uc.RUNS]
+
+
+def char_class(cp: int) -> int:
+    """Class of a code point: uc.LETTER, uc.NUMBER, uc.SPACE or uc.OTHER."""
+    k = bisect_right(_STARTS, cp) - 1
+    return uc.RUNS[k][2] if k >= 0 and cp <= uc.RUNS[k][1] else uc.OTHER
+
+
+_ASCII = {k: "".join(chr(c) for c in range(128) if char_class(c) == k)
+          for k in (uc.LETTER, uc.NUMBER, uc.SPACE, uc.OTHER)}
+_L, _N, _S = (re.escape(_ASCII[k]) for k in (uc.LETTER, uc.NUMBER, uc.SPACE))
+_SPLIT = re.compile(                                      # PATTERN, alternative by alternative:
+    "'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])"  # (?i:'s|'t|'re|'ve|'m|'ll|'d)
+    f"|[^\r\n{_L}{_N}]?[{_L}]+"                           # [^\r\n\p{L}\p{N}]?\p{L}+
+    f"|[{_N}]{{1,3}}"                                     # \p{N}{1,3}
+    f"| ?[^{_S}{_L}{_N}]+[\r\n]*"                         # (space)?[^\s\p{L}\p{N}]+[\r\n]*
+    f"|[{_S}]*[\r\n]+"                                    # \s*[\r\n]+
+    f"|[{_S}]+(?![^{_S}])"                                # \s+(?!\S)
+    f"|[{_S}]+")                                          # \s+
+_CONTRACTION_LETTERS = "stremvldSTREMVLD"
+_STAND_IN = {
+    uc.LETTER: next(c for c in _ASCII[uc.LETTER] if c not in _CONTRACTION_LETTERS),
+    uc.NUMBER: _ASCII[uc.NUMBER][0],
+    uc.SPACE: next(c for c in _ASCII[uc.SPACE] if c not in "\r\n "),
+    uc.OTHER: next(c for c in _ASCII[uc.OTHER] if c != "'"),
+}
+
+
+class _StandIns(dict):
+    """``str.translate`` table: code point -> ASCII stand-in, filled on first use."""
+
+    def __missing__(self, cp: int) -> str:
+        if cp < 128:
+            out = chr(cp)
+        else:
+            out = uc.FOLDS.get(cp) or _STAND_IN[char_class(cp)]
+        self[cp] = out
+        return out
+
+
+_STAND_INS = _StandIns()
+
+
 def pretokenize(data) -> np.ndarray:
     """End offsets (int64) of the pre-tokens of a UTF-8 buffer."""
     text = _as_bytes(data).decode("utf-8", "surrogateescape")
-    ends, pos = [], 0
-    for piece in _PAT.findall(text):
-        pos += len(piece.encode("utf-8", "surrogateescape"))
-        ends.append(pos)
-    return np.asarray(ends, dtype=np.int64)
+    if text.isascii():  # one byte per character
+        return np.cumsum(np.fromiter(map(len, _SPLIT.findall(text)), dtype=np.int64))
+    pieces = _SPLIT.findall(text.translate(_STAND_INS))  # they tile the text
+    char_ends = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64))
+    # UTF-8 length of each character; a surrogate U+DC80..U+DCFF is one ill-formed byte
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    width = 1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)
+    width[(cps >= 0xDC80) & (cps <= 0xDCFF)] = 1
+    return np.cumsum(width)[char_ends - 1]
 
 
 def _pieces(data: bytes) -> List[bytes]:
