@@ -1,0 +1,98 @@
+"""The package's structure stays as designed (issue 11):
+
+- the engine (poppins.engine) imports nothing from poppins.training or poppins.model: it only
+  reads model files; export lives on the writing side (poppins.training.export);
+- no module outside the attention units branches on the attention type.
+"""
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "poppins"
+FORBIDDEN = ("poppins.training", "poppins.model")
+
+
+def _imports(path: Path):
+    """(line, absolute module) of every import in ``path``, function-level ones included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    pkg = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")
+                base = base[:len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            yield node.lineno, mod
+            for a in node.names:        # from .. import model
+                yield node.lineno, f"{mod}.{a.name}"
+
+
+def test_import_scan_resolves_relative_imports():
+    # the scanner itself: a relative import of the training model is seen as one
+    found = dict((m, ln) for ln, m in _imports(PKG / "training" / "trainer.py"))
+    assert "poppins.model" in found and "poppins.training.export" in found
+
+
+def test_engine_source_imports_nothing_from_training_or_model():
+    bad = []
+    for path in sorted((PKG / "engine").glob("*.py")):
+        for line, mod in _imports(path):
+            if mod in FORBIDDEN or mod.startswith(tuple(f + "." for f in FORBIDDEN)):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: imports {mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_loading_and_running_the_engine_loads_no_training_module(tmp_path):
+    # every engine module imported, an Engine built from a model file and run: the training
+    # side never enters sys.modules (the model file is written by a separate process)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    write = (
+        "import sys\n"
+        "from poppins.model import Model, ModelConfig\n"
+        "from poppins.training.export import export_model\n"
+        "for att in ('mha', 'mla'):\n"
+        "    cfg = ModelConfig(vocab_size=400, dim=32, layers=1, heads=2, attention=att,\n"
+        "                      context_length=16)\n"
+        f"    export_model(Model(cfg, seed=1, threads=1), r'{tmp_path}/' + att + '.poppins',\n"
+        "                 tokenizer_json='{}', sources={}, default_system=None)\n")
+    subprocess.run([sys.executable, "-c", write], check=True, env=env, cwd=tmp_path)
+    run = (
+        "import pkgutil, importlib, sys\n"
+        "import poppins.engine as E\n"
+        "for m in pkgutil.iter_modules(E.__path__):\n"
+        "    importlib.import_module('poppins.engine.' + m.name)\n"
+        "for att in ('mha', 'mla'):\n"
+        f"    eng = E.Engine.load(r'{tmp_path}/' + att + '.poppins', threads=1)\n"
+        "    s = eng.session()\n"
+        "    s.forward([1, 2, 3]); s.forward([4])\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('poppins.training', "
+        "'poppins.model')))\n"
+        "print(' '.join(bad))\n")
+    out = subprocess.run([sys.executable, "-c", run], check=True, env=env, cwd=tmp_path,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == "", f"the engine loaded {out.strip()}"
+
+
+_BRANCH = re.compile(r"\battention\s*(==|!=)")
+UNITS = {PKG / "engine" / "attention.py", PKG / "model" / "attention.py"}
+
+
+def test_no_attention_branch_outside_the_attention_units():
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        if path in UNITS:
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _BRANCH.search(code):
+                bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not bad, "\n".join(bad)
