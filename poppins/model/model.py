@@ -132,7 +132,8 @@ class Model:
         opt.step()                        # poppins.model.AdamW(model, ...)
 
     ``loss_and_grad(...)`` does both.  ``last_logits(tokens)`` gives the logits of the last
-    position of each row (greedy decoding).
+    position of each row (the test oracle's greedy decoding:
+    :func:`poppins.training.generate.greedy`).
     """
 
     def __init__(self, cfg: ModelConfig, seed: int = 0, threads: Optional[int] = None,
@@ -344,24 +345,6 @@ class Model:
                                 False, self.threads)
             out = hf @ self._head_matrix().T
         self._cache = None
-        return out
-
-    def generate_greedy(self, prompt, max_new_tokens: int, stop_ids=()) -> list:
-        """Greedy decoding through the training forward (no KV cache): the new token ids,
-        up to ``max_new_tokens``, ending with the first id in ``stop_ids`` if one comes.
-        The window is the last ``context_length`` tokens."""
-        ids = [int(t) for t in prompt]
-        if not ids:
-            raise PoppinsError("generate_greedy needs at least one prompt token")
-        stop = {int(s) for s in stop_ids}
-        out = []
-        for _ in range(int(max_new_tokens)):
-            ctx = np.asarray(ids[-self.cfg.context_length:], dtype=np.int64)[None, :]
-            nxt = int(np.argmax(self.last_logits(ctx)[0]))
-            ids.append(nxt)
-            out.append(nxt)
-            if nxt in stop:
-                break
         return out
 
     # ----------------------------------------------------------------- backward
