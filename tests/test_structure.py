@@ -2,7 +2,8 @@
 
 - the engine (poppins.engine) imports nothing from poppins.training or poppins.model: it only
   reads model files; export lives on the writing side (poppins.training.export);
-- no module outside the attention units branches on the attention type.
+- no module outside the attention units branches on the attention type;
+- no caller outside poppins/api.py uses a private method of poppins.Model.
 """
 import ast
 import os
@@ -94,5 +95,15 @@ def test_no_attention_branch_outside_the_attention_units():
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             code = line.split("#", 1)[0]
             if _BRANCH.search(code):
+                bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not bad, "\n".join(bad)
+def test_no_private_model_method_outside_the_api():
+    bad = []
+    private = re.compile(r"\b(model|m|self\.server\.model)\._(run|split|stop)\w*\(")
+    for path in sorted(PKG.rglob("*.py")):
+        if path.name == "api.py":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if private.search(line):
                 bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not bad, "\n".join(bad)

@@ -15,10 +15,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..corpus import tokens as T
+from ..corpus.tokens import STOP_IDS
 from ..errors import PoppinsError
 from ..special_tokens import SPECIAL_IDS as S
-
-STOP_IDS = (S["</ai>"], S["</sample>"])
 
 
 def greedy(model, prompts: Sequence[Sequence[int]], max_new: int = 256,
