@@ -40,6 +40,9 @@ class Attention:
     name = ""
     #: the compiled decode step's attention enum (eng_model.mla today: 0 MHA/GQA, 1 MLA)
     c_kind = 0
+    #: the engine layer's attributes this type sets in :meth:`load` (the compiled decode
+    #: step reads every type's attributes; the ones of other types stay None)
+    layer_slots: Tuple[str, ...] = ()
 
     # ---------------------------------------------------------------- config
     def n_kv_heads(self, cfg: "ModelConfig") -> int:
@@ -66,6 +69,11 @@ class Attention:
         ``dense(name)``: float32 array)."""
         raise NotImplementedError
 
+    def ternary_weights(self, layer) -> List[Tuple[int, int]]:
+        """(bytes read per decode step, ternary parameters) of each ternary weight of this
+        type in the engine layer."""
+        raise NotImplementedError
+
     def new_cache(self, cfg: "ModelConfig", ctx: int) -> Dict[str, List[np.ndarray]]:
         """The KV cache of a session of ``ctx`` positions: two named lists of per-layer
         float32 arrays (the compiled step gets them in this order)."""
@@ -88,6 +96,7 @@ class MHA(Attention):
 
     name = "mha"
     c_kind = 0
+    layer_slots = ("wqkv",)
 
     def n_kv_heads(self, cfg):
         return cfg.kv_heads if cfg.kv_heads is not None else cfg.heads
@@ -114,6 +123,9 @@ class MHA(Attention):
 
     def load(self, cfg, layer, prefix, tern, dense):
         layer.wqkv = tern(prefix + "attn.wqkv")
+
+    def ternary_weights(self, layer):
+        return [(layer.wqkv.data.nbytes, layer.wqkv.m * layer.wqkv.k)]
 
     def new_cache(self, cfg, ctx):
         w = cfg.n_kv_heads * cfg.head_dim
@@ -148,6 +160,7 @@ class MLA(Attention):
 
     name = "mla"
     c_kind = 1
+    layer_slots = ("wq", "wq_a", "wq_b", "q_norm", "wkv_a", "kv_norm", "wkv_b", "wkv_b_vals")
 
     def n_kv_heads(self, cfg):
         return cfg.heads
@@ -195,6 +208,13 @@ class MLA(Attention):
         t = tern(p + "attn.wkv_b", packed=False)
         layer.wkv_b = t
         layer.wkv_b_vals = np.ascontiguousarray(t.values(), dtype=np.float32)
+
+    def ternary_weights(self, layer):
+        out = [(w.data.nbytes, w.m * w.k) for w in (layer.wq, layer.wq_a, layer.wq_b,
+                                                   layer.wkv_a) if w is not None]
+        # wkv_b is absorbed into the attention as float32 values
+        out.append((layer.wkv_b_vals.nbytes, layer.wkv_b.shape[0] * layer.wkv_b.shape[1]))
+        return out
 
     def new_cache(self, cfg, ctx):
         return {"ckv": [np.zeros((ctx, cfg.kv_latent), np.float32) for _ in range(cfg.layers)],

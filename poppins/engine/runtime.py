@@ -27,7 +27,7 @@ from ..numerics import rope_tables
 from ..threads import resolve_threads
 from . import kernels as TK
 from . import ops
-from .attention import attention_unit
+from .attention import ATTENTION, attention_unit
 from .config import ModelConfig
 from .modelfile import ModelFile, load_model_file
 
@@ -56,8 +56,10 @@ def resolve_model_path(path) -> Path:
 
 
 class _Layer:
-    __slots__ = ("attn_norm", "ffn_norm", "wqkv", "wq", "wq_a", "wq_b", "q_norm", "wkv_a",
-                 "kv_norm", "wkv_b", "wkv_b_vals", "wo", "w_up", "w_down")
+    """One block's weights: the common ones and every attention unit's ``layer_slots`` (the
+    compiled decode step reads them all; the ones of other attention types stay None)."""
+    __slots__ = ("attn_norm", "ffn_norm", "wo", "w_up", "w_down") + tuple(
+        dict.fromkeys(n for u in ATTENTION.values() for n in u.layer_slots))
 
     def __init__(self):
         for s in self.__slots__:
@@ -196,24 +198,16 @@ class Engine:
         embedding row is negligible)."""
         n = 0
         for L in self.layers:
-            for name in ("wqkv", "wq", "wq_a", "wq_b", "wkv_a", "wo", "w_up", "w_down"):
-                w = getattr(L, name)
-                if w is not None:
-                    n += w.data.nbytes
-            if L.wkv_b_vals is not None:
-                n += L.wkv_b_vals.nbytes
+            n += sum(w.data.nbytes for w in (L.wo, L.w_up, L.w_down))
+            n += sum(b for b, _ in self.attn.ternary_weights(L))
         n += self.head.nbytes
         return n
 
     def ternary_params(self) -> int:
         n = 0
         for L in self.layers:
-            for name in ("wqkv", "wq", "wq_a", "wq_b", "wkv_a", "wo", "w_up", "w_down"):
-                w = getattr(L, name)
-                if w is not None:
-                    n += w.m * w.k
-            if L.wkv_b is not None:
-                n += L.wkv_b.shape[0] * L.wkv_b.shape[1]
+            n += sum(w.m * w.k for w in (L.wo, L.w_up, L.w_down))
+            n += sum(p for _, p in self.attn.ternary_weights(L))
         return n
 
 
