@@ -107,3 +107,45 @@ def test_no_private_model_method_outside_the_api():
             if private.search(line):
                 bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not bad, "\n".join(bad)
+
+
+def test_conversation_ids_are_the_training_stream(tmp_path):
+    """The token layout has one definition: a conversation rebuilt with the helpers the API
+    uses (sample_head_ids, turn_ids) is the data stage's training stream."""
+    import numpy as np
+
+    from poppins.corpus import tokens as T
+    from poppins.datastage import prepare_data
+    from poppins.special_tokens import SPECIAL_IDS as S
+    from poppins.tokenizer import Tokenizer
+
+    prepare_data(ROOT / "tests" / "data" / "conversation" / "train.xml", tmp_path / "out",
+                 log=None)
+    tok = Tokenizer.from_file(tmp_path / "out")
+    checked = 0
+    for split in ("train", "val"):
+        ids, index = T.read_bins(tmp_path / "out", split)
+        for off, count, bound in index.tolist():
+            s = np.asarray(ids[off // 4: off // 4 + count]).tolist()
+            if S["<thought>"] in s:      # an answer with a thought is replayed from its ids
+                continue
+
+            def inner(a, b, start):
+                i = s.index(a, start)
+                j = s.index(b, i)
+                return tok.decode(s[i + 1:j]), j + 1
+
+            system, pos = inner(S["<system>"], S["</system>"], 0) if S["<system>"] in s \
+                else (None, 1)
+            rebuilt, first = T.sample_head_ids(tok, system), None
+            while s[pos] == S["<prompt>"]:
+                user, pos = inner(S["<text>"], S["</text>"], pos)
+                first = user if first is None else first
+                pos = s.index(S["</prompt>"], pos) + 1
+                answer, pos = inner(S["<text>"], S["</text>"], pos)
+                pos = s.index(S["</ai>"], pos) + 1
+                rebuilt += T.turn_ids(tok, "user", user) + T.turn_ids(tok, "assistant", answer)
+            assert rebuilt + [S["</sample>"]] == s
+            assert T.prompt_ids(tok, first, system) == s[:bound]
+            checked += 1
+    assert checked >= 1
