@@ -16,7 +16,6 @@ An Engine is read-only after loading: any number of sessions (threads) may use i
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 

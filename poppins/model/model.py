@@ -378,7 +378,7 @@ class Model:
         K.embed_bwd(G["tok_emb"], bf.tokens, bf.dx, nt)
 
     def _block_bwd(self, i: int, bf: _Buffers) -> None:
-        cfg, nt = self.cfg, self.threads
+        nt = self.threads
         P, W, G = self.params, self.wq, self.grads
         p = f"layers.{i}."
         dx = bf.dx  # gradient w.r.t. the block output x[i+1]
