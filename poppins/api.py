@@ -3,8 +3,18 @@
     import poppins
     m = poppins.Model.load(".poppins")                 # a model directory or model.poppins
     print(m.generate("What is poppins?", temperature=0))
-    for piece in m.stream("What is poppins?", seed=1):
+    s = m.stream("What is poppins?", seed=1)           # a Stream: the pieces, then the result
+    for piece in s:
         print(piece, end="", flush=True)
+    c = s.completion                                   # text, tokens, stop_reason, timings
+    c = m.chat([{"role": "user", "content": "Hi"}])    # a conversation, not streamed
+
+Calls: ``generate`` (text), ``complete`` (a :class:`Completion`), ``stream`` (a
+:class:`Stream` of text pieces whose ``.completion`` is the final Completion), and for a
+conversation (a list of messages, see :meth:`Model.encode_conversation`) ``chat`` and
+``chat_stream``; ``chat_events`` gives the same as (piece, None) ... (None, Completion)
+events.  Non-streamed answers run the whole token loop in compiled code (no GIL); streamed
+ones go token by token (the same tokens).
 
 Sampling keywords (llama.cpp's meaning and defaults): ``temperature`` (or ``temp``) 0.8,
 ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05, ``repeat_penalty`` 1.0, ``repeat_last_n`` 64,
@@ -24,13 +34,12 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .corpus.tokens import prompt_ids
-from .engine.render import STOP_IDS, Renderer
+from .corpus.tokens import STOP_IDS, prompt_ids, sample_head_ids, turn_ids
+from .engine.render import Renderer
 from .engine.runtime import Engine
 from .engine.sampling import Sampler, SamplingParams
 from .errors import PoppinsError
 from .memory import fit_recent_turns
-from .special_tokens import SPECIAL_IDS as S
 
 _GEN_KEYS = ("system", "max_tokens", "stop", "show_thoughts", "context")
 
@@ -58,17 +67,41 @@ class Completion:
         return n / self.gen_seconds if self.gen_seconds > 0 else 0.0
 
 
-def _exact_answer(tokens, vocab: int) -> bool:
-    """True for an answer's own generated ids (as chat's memory keeps them): ``<thought>`` or
-    ``<ai>`` first, ``</ai>`` last."""
-    return (isinstance(tokens, (list, tuple)) and len(tokens) >= 2
-            and all(isinstance(t, int) and 0 <= t < vocab for t in tokens)
-            and tokens[0] in (S["<ai>"], S["<thought>"]) and tokens[-1] == S["</ai>"])
-
-
 def _split_kwargs(kw):
     gen = {k: kw.pop(k) for k in list(kw) if k in _GEN_KEYS}
     return gen, SamplingParams.from_kwargs(**kw)
+
+
+class Stream:
+    """An answer being generated, as an iterator of its rendered text pieces
+    (``"".join(stream)`` is the answer's text).  Once the pieces are exhausted,
+    :attr:`completion` holds the final :class:`Completion` (text, token ids, ``stop_reason``
+    -- the finish reason: "end", "stop-string", "max-tokens" or "context" --, prompt and
+    generation timings, seed); :meth:`result` drains what is left and returns it.
+    Generation starts with the first ``next()`` (errors such as a too-long prompt are raised
+    there)."""
+
+    def __init__(self, events: Iterator):
+        self._events = events
+        #: the final Completion, None until the last piece has been taken
+        self.completion: Optional[Completion] = None
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            piece, c = next(self._events)       # StopIteration ends the stream
+            if c is not None:
+                self.completion = c
+            if piece:
+                return piece
+
+    def result(self) -> Completion:
+        """The final Completion (generates what is left; the remaining pieces are dropped)."""
+        for _piece in self:
+            pass
+        return self.completion
 
 
 class _StopScan:
@@ -121,7 +154,8 @@ class Model:
     def encode_conversation(self, messages, system: Optional[str] = None,
                             budget: Optional[int] = None) -> List[int]:
         """``<sample> [<system>S</system>]`` then per turn ``<prompt><text>U</text></prompt>``
-        and, for answered turns, ``<ai><text>A</text></ai>`` (decisions: conversations).
+        and, for answered turns, ``<ai><text>A</text></ai>`` (decisions: conversations; the
+        layout is poppins.corpus.tokens').
         ``messages``: [{"role": "system" | "user" | "assistant", "content": str}, ...] ending
         with a user message; a system message (first) overrides ``system``.  An assistant
         message may carry "tokens", the ids the model generated for it (chat's memory keeps
@@ -145,18 +179,8 @@ class Model:
         if not msgs or msgs[-1]["role"] != "user":
             raise PoppinsError("the last message must be the user's")
         sys_text = self.engine.default_system if system is None else system
-        head = [S["<sample>"]]
-        if sys_text:
-            head += [S["<system>"], *tok.encode(sys_text, special=False).tolist(), S["</system>"]]
-        chunks = []
-        for m in msgs:
-            text = tok.encode(m["content"], special=False).tolist()
-            if m["role"] == "user":
-                chunks.append([S["<prompt>"], S["<text>"], *text, S["</text>"], S["</prompt>"]])
-            elif _exact_answer(m.get("tokens"), tok.vocab_size):
-                chunks.append([int(t) for t in m["tokens"]])   # what the model produced
-            else:
-                chunks.append([S["<ai>"], S["<text>"], *text, S["</text>"], S["</ai>"]])
+        head = sample_head_ids(tok, sys_text)
+        chunks = [turn_ids(tok, m["role"], m["content"], m.get("tokens")) for m in msgs]
         last, earlier = chunks[-1], chunks[:-1]
         if budget is not None:
             # whole earlier turns (a user message with its answer), most recent first
@@ -175,10 +199,20 @@ class Model:
 
     # ------------------------------------------------------------------ generation
     def chat_events(self, messages, stream: bool = True, **kw) -> Iterator:
-        """Like :meth:`stream` for a conversation (see :meth:`encode_conversation`), as
-        events: (piece, None) while generating, then (None, Completion).  With
-        ``stream=False`` only the final event comes, from the compiled generation loop."""
+        """Like :meth:`chat_stream`, as events: (piece, None) while generating, then
+        (None, Completion).  With ``stream=False`` only the final event comes, from the
+        compiled generation loop."""
         return self._run(None, kw, messages=messages, stream=stream)
+
+    def chat_stream(self, messages, **kw) -> Stream:
+        """The answer to a conversation (see :meth:`encode_conversation`) as a :class:`Stream`
+        of text pieces; its ``.completion`` is the final Completion."""
+        return Stream(self._run(None, kw, messages=messages, stream=True))
+
+    def chat(self, messages, **kw) -> Completion:
+        """The answer to a conversation (see :meth:`encode_conversation`), not streamed (the
+        compiled generation loop)."""
+        return Stream(self._run(None, kw, messages=messages, stream=False)).result()
 
     def _run(self, prompt: Optional[str], kw, messages=None, stream: bool = True) -> Iterator:
         """Yields (piece, None) while generating, then (None, Completion).  Without
@@ -298,22 +332,18 @@ class Model:
                                gen_seconds=t2 - t1, seed=sampler.seed, note=note)
 
     def complete(self, prompt: str, **kw) -> Completion:
-        """The answer with its tokens, stop reason and timings."""
-        result = None
-        for _piece, c in self._run(prompt, kw, stream=False):
-            if c is not None:
-                result = c
-        return result
+        """The answer with its tokens, stop reason and timings (not streamed: the compiled
+        generation loop)."""
+        return Stream(self._run(prompt, kw, stream=False)).result()
 
     def generate(self, prompt: str, **kw) -> str:
         """The rendered answer to ``prompt`` (see the module docstring for the keywords)."""
         return self.complete(prompt, **kw).text
 
-    def stream(self, prompt: str, **kw) -> Iterator[str]:
-        """The answer in pieces as it is generated; ``"".join`` gives generate()'s text."""
-        for piece, _c in self._run(prompt, kw):
-            if piece:
-                yield piece
+    def stream(self, prompt: str, **kw) -> Stream:
+        """The answer as a :class:`Stream`: its text pieces as they are generated
+        (``"".join`` gives generate()'s text), then ``.completion``, the final Completion."""
+        return Stream(self._run(prompt, kw, stream=True))
 
     def __repr__(self) -> str:
         c = self.engine.cfg

@@ -19,7 +19,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from ._version import __version__
 from .errors import PoppinsError
@@ -250,27 +250,24 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string", param="prompt")
         kw = sampling_from(body, self.server.max_tokens_cap)
-        events = self.server.model.chat_events([{"role": "user", "content": prompt}],
-                                               stream=bool(body.get("stream")), **kw)
-        self._answer(body, events, chat=False)
+        self._answer(body, [{"role": "user", "content": prompt}], kw, chat=False)
 
     def _chat(self, body):
         self._check_model(body)
         msgs = _messages(body)
         kw = sampling_from(body, self.server.max_tokens_cap)
-        events = self.server.model.chat_events(msgs, stream=bool(body.get("stream")), **kw)
-        self._answer(body, events, chat=True)
+        self._answer(body, msgs, kw, chat=True)
 
-    def _answer(self, body, events: Iterator[Tuple[Optional[str], Any]], chat: bool) -> None:
+    def _answer(self, body, messages, kw, chat: bool) -> None:
+        """Answer ``messages`` through the public API: Model.chat (one compiled loop) or, for
+        ``"stream": true``, Model.chat_stream as server-sent events."""
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
         name = self.server.model_name
+        model = self.server.model
         if not body.get("stream"):
-            final = None
-            for _piece, c in events:
-                if c is not None:
-                    final = c
+            final = model.chat(messages, **kw)
             usage = {"prompt_tokens": final.prompt_tokens, "completion_tokens": len(final.tokens),
                      "total_tokens": final.prompt_tokens + len(final.tokens)}
             finish = _FINISH.get(final.stop_reason, "stop")
@@ -281,8 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
                                     "choices": [choice], "usage": usage})
         # server-sent events; the first event is sent only once generation has started, so a
         # bad request still gets a plain error response
-        events = iter(events)
-        first = next(events)
+        stream = model.chat_stream(messages, **kw)
+        first = next(stream, None)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -301,20 +298,19 @@ class _Handler(BaseHTTPRequestHandler):
         if chat:
             emit({"index": 0, "delta": {"role": "assistant", "content": ""},
                   "finish_reason": None})
-        for piece, c in _chain(first, events):
-            if piece:
-                emit({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
-                     else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None})
-            if c is not None:
-                finish = _FINISH.get(c.stop_reason, "stop")
-                emit({"index": 0, "delta": {}, "finish_reason": finish} if chat
-                     else {"index": 0, "text": "", "finish_reason": finish, "logprobs": None})
+        for piece in _chain(first, stream):
+            emit({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                 else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None})
+        finish = _FINISH.get(stream.completion.stop_reason, "stop")
+        emit({"index": 0, "delta": {}, "finish_reason": finish} if chat
+             else {"index": 0, "text": "", "finish_reason": finish, "logprobs": None})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
 
 def _chain(first, rest):
-    yield first
+    if first is not None:
+        yield first
     yield from rest
 
 

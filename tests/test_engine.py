@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from poppins.engine import ops, ops_ref
-from poppins.engine.export import export_model, ternarize
+from poppins.training.export import export_model, ternarize
 from poppins.engine.runtime import Engine
 from poppins.errors import PoppinsError
 from poppins.model import Model, ModelConfig
@@ -35,7 +35,7 @@ CONFIGS = {
 @functools.lru_cache(maxsize=None)
 def trained_dir() -> Path:
     """Train the tiny model once per test process; export it (int8 head) to model.poppins."""
-    from poppins.engine.export import export_from_out_dir
+    from poppins.training.export import export_from_out_dir
     from poppins.training import train
 
     d = Path(tempfile.mkdtemp(prefix="poppins-engine-test-"))

@@ -147,6 +147,30 @@ def test_stream_joins_to_generate(model, kw):
     assert all(pieces)
 
 
+def test_stream_returns_the_final_completion(model):
+    """The public streaming call yields the pieces and then holds the final Completion: the
+    same answer as the non-streamed calls, for a prompt and for a conversation."""
+    prompt, system, want, ids = _training_examples(model)[0]
+    s = model.stream(prompt, system=system, temperature=0)
+    assert s.completion is None                    # nothing generated before iterating
+    pieces = list(s)
+    c = s.completion
+    assert "".join(pieces) == c.text == want and c.tokens == ids and c.stop_reason == "end"
+    assert c.prompt_tokens == len(model.encode_prompt(prompt, system))
+    assert c.prompt_seconds >= 0 and c.gen_seconds >= 0
+    assert s.result() is c and list(s) == []
+    # result() without iterating; max_tokens gives the finish reason
+    c3 = model.stream(prompt, system=system, temperature=0, max_tokens=3).result()
+    assert c3.tokens == ids[:3] and c3.stop_reason == "max-tokens"
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    cs = model.chat_stream(msgs, temperature=0)
+    assert "".join(cs) == cs.completion.text == want
+    done = model.chat(msgs, temperature=0)
+    assert done.tokens == cs.completion.tokens == ids and done.text == want
+    with pytest.raises(PoppinsError, match="must be a str"):
+        next(model.stream(123))
+
+
 def test_seeded_generation_reproducible(model):
     prompt, system, _, _ = _training_examples(model)[0]
     kw = dict(system=system, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0)
@@ -237,6 +261,6 @@ def test_compiled_loop_equals_per_token_loop(model, kw):
     """complete() runs the whole answer as one compiled loop; streaming goes token by token
     through Python: the same tokens, stop reason and text."""
     fast = model.complete("What is poppins?", **kw)
-    slow = [c for _p, c in model._run("What is poppins?", dict(kw), stream=True) if c][0]
+    slow = model.stream("What is poppins?", **kw).result()
     assert fast.tokens == slow.tokens and fast.stop_reason == slow.stop_reason
     assert fast.text == slow.text

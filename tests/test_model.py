@@ -345,7 +345,9 @@ def test_model_input_errors():
         m.forward(tok, tg[:, :3])
 
 
-def test_generate_greedy_learns_a_sequence():
+def test_greedy_oracle_learns_a_sequence():
+    from poppins.training.generate import greedy
+
     cfg = small(dtype="float32", quantize=True, dim=32, heads=4)
     m = Model(cfg, seed=1, threads=1)
     opt = AdamW(m, lr=1e-2, weight_decay=0.0)
@@ -354,5 +356,5 @@ def test_generate_greedy_learns_a_sequence():
     for _ in range(150):
         m.loss_and_grad(tok, tg)
         opt.step()
-    assert m.generate_greedy(seq[:3], 20, stop_ids=[8]) == list(seq[3:])
-    assert len(m.generate_greedy([3], 4)) == 4
+    assert greedy(m, [seq[:3]], 20, stop_ids=[8], slide=True) == [list(seq[3:])]
+    assert len(greedy(m, [[3]], 4, stop_ids=())[0]) == 4

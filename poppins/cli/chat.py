@@ -76,15 +76,13 @@ def run(args) -> int:
             if not line.strip():
                 break
             messages = mem.messages(cid, with_tokens=True) + [{"role": "user", "content": line}]
-            final = None
-            for piece, c in model.chat_events(messages, **kw):
-                if piece:
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                if c is not None:
-                    final = c
+            stream = model.chat_stream(messages, **kw)
+            for piece in stream:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
             sys.stdout.write("\n")
             sys.stdout.flush()
+            final = stream.completion
             if final.note:
                 print(f"poppins: note: {final.note}", file=sys.stderr)
             mem.add_turn(cid, line, final.text, tokens=final.tokens)

@@ -42,16 +42,13 @@ def _read_prompt(path: str) -> str:
 
 def _answer(model, prompt: str, args, kw) -> int:
     out = sys.stdout
-    completion = None
-    for piece, c in model._run(prompt, kw):
-        if piece:
-            out.write(piece)
-            out.flush()
-        if c is not None:
-            completion = c
+    stream = model.stream(prompt, **kw)
+    for piece in stream:
+        out.write(piece)
+        out.flush()
     out.write("\n")
     out.flush()
-    c = completion
+    c = stream.completion
     if c.note:
         print(f"poppins: note: {c.note}", file=sys.stderr)
     print(f"prompt: {c.prompt_tokens} tokens in {c.prompt_seconds * 1000:.1f} ms "

@@ -7,6 +7,12 @@ One sample is the stream::
 
 (a conversation repeats ``<prompt>`` ... ``</ai>`` once per turn before ``</sample>``)
 
+This module is the one definition of that layout: the training streams (``encode_samples``),
+the prompt a model continues (``prompt_ids``), a conversation replayed at inference
+(``conversation_ids``, used by poppins.api for the CLI and the server) and the ids that end an
+answer (``STOP_IDS``) are all built from the part helpers below (``system_part``,
+``prompt_part``, ``text_part``, ``answer_text_part``).
+
 where an item is ``<text>`` T ``</text>``, ``<source>`` ID ``</source>``, a line-break token, or a
 code block whose opening tag keeps its inline/indent variant.  Tags are inserted as special-
 token ids here; text pieces are encoded with special-token matching off, so user text that
@@ -23,7 +29,7 @@ Files (no header, little-endian, as in the original; manifest.json records the v
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,6 +48,11 @@ SAMPLE, END_SAMPLE = _S["<sample>"], _S["</sample>"]
 AI, END_AI = _S["<ai>"], _S["</ai>"]
 SOURCE, END_SOURCE = _S["<source>"], _S["</source>"]
 PROMPT, END_PROMPT = _S["<prompt>"], _S["</prompt>"]
+SYSTEM, END_SYSTEM = _S["<system>"], _S["</system>"]
+TEXT, END_TEXT = _S["<text>"], _S["</text>"]
+THOUGHT, END_THOUGHT = _S["<thought>"], _S["</thought>"]
+#: the ids that end an answer: ``</ai>`` (the turn is answered) and ``</sample>``
+STOP_IDS = (END_AI, END_SAMPLE)
 _CODE_OPEN = np.zeros(len(SPECIAL_TOKENS), dtype=bool)
 _CODE_CLOSE = np.zeros(len(SPECIAL_TOKENS), dtype=bool)
 for _lang in CODE_LANGS:
@@ -77,21 +88,61 @@ def training_texts(samples: Iterable) -> List[str]:
     return [p for s in samples for p in _pieces(s)]
 
 
+# ------------------------------------------------------------------ the layout, once
+# Each helper returns the parts (id sequences, concatenated in order) of one element; the
+# text inside is already encoded (special-token matching off).
+def system_part(ids) -> List:
+    """``<system> S </system>``"""
+    return [[SYSTEM], ids, [END_SYSTEM]]
+
+
+def prompt_part(ids) -> List:
+    """A user turn: ``<prompt> <text> P </text> </prompt>``"""
+    return [[PROMPT, TEXT], ids, [END_TEXT, END_PROMPT]]
+
+
+def thought_part(ids) -> List:
+    """``<thought> T </thought>``"""
+    return [[THOUGHT], ids, [END_THOUGHT]]
+
+
+def text_part(ids) -> List:
+    """A text item of an answer: ``<text> T </text>``"""
+    return [[TEXT], ids, [END_TEXT]]
+
+
+def answer_text_part(ids) -> List:
+    """A plain-text answer: ``<ai> <text> A </text> </ai>``"""
+    return [[AI]] + text_part(ids) + [[END_AI]]
+
+
+def is_answer_ids(tokens, vocab: int) -> bool:
+    """True for an answer's own generated ids (as chat's memory keeps them): ``<thought>`` or
+    ``<ai>`` first, ``</ai>`` last, every id below ``vocab``."""
+    return (isinstance(tokens, (list, tuple)) and len(tokens) >= 2
+            and all(isinstance(t, int) and 0 <= t < vocab for t in tokens)
+            and tokens[0] in (AI, THOUGHT) and tokens[-1] == END_AI)
+
+
+def _flat(parts) -> List[int]:
+    return [int(i) for p in parts for i in p]
+
+
 def _stream(sample, enc: Dict[str, np.ndarray]) -> Tuple[List[np.ndarray], int]:
     parts: List = [[SAMPLE]]
     if sample.system:
-        parts += [[_S["<system>"]], enc[sample.system], [_S["</system>"]]]
+        parts += system_part(enc[sample.system])
     boundary = None
     for prompt, thought, items in _turns(sample):
-        parts += [[PROMPT, _S["<text>"]], enc[prompt], [_S["</text>"], END_PROMPT]]
+        parts += prompt_part(enc[prompt])
         if boundary is None:
             boundary = sum(len(p) for p in parts)
         if thought:
-            parts += [[_S["<thought>"]], enc[thought], [_S["</thought>"]]]
+            parts += thought_part(enc[thought])
         parts.append([AI])
         for it in items:
             if it.kind == "text":
-                parts += [[_S["<text>"]], enc[it.text], [_S["</text>"]]]
+                parts += text_part(enc[it.text])
             elif it.kind == "source":
                 parts += [[SOURCE], enc[it.text], [END_SOURCE]]
             elif it.kind == "line-break":
@@ -104,16 +155,34 @@ def _stream(sample, enc: Dict[str, np.ndarray]) -> Tuple[List[np.ndarray], int]:
     return parts, boundary
 
 
+def _encoder(tokenizer) -> Callable[[str], List[int]]:
+    return lambda text: tokenizer.encode(text, special=False).tolist()
+
+
+def sample_head_ids(tokenizer, system: Optional[str] = None) -> List[int]:
+    """``<sample> [<system>S</system>]``: how every stream starts."""
+    parts: List = [[SAMPLE]]
+    if system:
+        parts += system_part(_encoder(tokenizer)(system))
+    return _flat(parts)
+
+
 def prompt_ids(tokenizer, prompt: str, system: Optional[str] = None) -> List[int]:
     """The stream a model continues to answer ``prompt``:
     ``<sample> [<system>S</system>] <prompt><text>P</text></prompt>``, texts encoded with
     special-token matching off (markup in them stays plain text)."""
-    ids = [SAMPLE]
-    if system:
-        ids += [_S["<system>"], *tokenizer.encode(system, special=False).tolist(), _S["</system>"]]
-    ids += [PROMPT, _S["<text>"], *tokenizer.encode(prompt, special=False).tolist(),
-            _S["</text>"], END_PROMPT]
-    return ids
+    return sample_head_ids(tokenizer, system) + _flat(prompt_part(_encoder(tokenizer)(prompt)))
+
+
+def turn_ids(tokenizer, role: str, text: str, tokens=None) -> List[int]:
+    """One conversation turn: a user message is a prompt part; an assistant message is its
+    own generated ids when ``tokens`` holds them (``is_answer_ids``: replayed as they are,
+    thoughts included), else ``<ai><text>A</text></ai>``."""
+    if role == "user":
+        return _flat(prompt_part(_encoder(tokenizer)(text)))
+    if is_answer_ids(tokens, tokenizer.vocab_size):
+        return [int(t) for t in tokens]
+    return _flat(answer_text_part(_encoder(tokenizer)(text)))
 
 
 def encode_samples(samples: Sequence, tokenizer, threads=None) -> Tuple[np.ndarray, np.ndarray]:

@@ -8,26 +8,26 @@
 Numerics are those of the training forward pass (poppins.model.Model) with the same
 quantizers: per-token absmax int8 activations, per-tensor absmean ternary weights; a BitLinear
 layer is the exact int32 sum of ternary x int8 products times ``w_scale / x_scale``.  The
-cache is float32.  MHA/GQA cache rotated keys and values per kv head; MLA caches the
-normalized (quantized-dequantized) latent and the rotated shared key, and attends with the
-key/value up-projection absorbed (see ops_ref.mla_attention).
+cache is float32; its layout, the attention weights and the attention step are the attention
+unit's (:mod:`poppins.engine.attention`: MHA/GQA cache rotated keys and values per kv head,
+MLA the normalized latent and the rotated shared key).
 
 An Engine is read-only after loading: any number of sessions (threads) may use it at once.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..errors import PoppinsError
-from ..model.config import ModelConfig
-from ..model.model import rope_tables
+from ..numerics import rope_tables
 from ..threads import resolve_threads
 from . import kernels as TK
 from . import ops
+from .attention import ATTENTION, attention_unit
+from .config import ModelConfig
 from .modelfile import ModelFile, load_model_file
 
 #: products with fewer multiply-adds than this run the ternary kernel on one thread
@@ -45,7 +45,7 @@ def resolve_model_path(path) -> Path:
             hint = ""
             if (p / "checkpoints").is_dir():
                 hint = (" (it has checkpoints: export them with "
-                        "`python -c \"import poppins.engine as e; e.export_from_out_dir('"
+                        "`python -c \"import poppins.training.export as e; e.export_from_out_dir('"
                         f"{p}')\"` or train again)")
             raise PoppinsError(f"no {MODEL_FILE} in {p}{hint}")
         return f
@@ -55,8 +55,10 @@ def resolve_model_path(path) -> Path:
 
 
 class _Layer:
-    __slots__ = ("attn_norm", "ffn_norm", "wqkv", "wq", "wq_a", "wq_b", "q_norm", "wkv_a",
-                 "kv_norm", "wkv_b", "wkv_b_vals", "wo", "w_up", "w_down")
+    """One block's weights: the common ones and every attention unit's ``layer_slots`` (the
+    compiled decode step reads them all; the ones of other attention types stay None)."""
+    __slots__ = ("attn_norm", "ffn_norm", "wo", "w_up", "w_down") + tuple(
+        dict.fromkeys(n for u in ATTENTION.values() for n in u.layer_slots))
 
     def __init__(self):
         for s in self.__slots__:
@@ -106,6 +108,8 @@ class Engine:
         except TypeError as exc:
             raise PoppinsError(f"model config: {exc}", file=str(mf.path)) from None
         cfg = self.cfg
+        #: the attention unit: this model's attention weights, KV-cache layout and step
+        self.attn = attention_unit(cfg)
         self.threads = resolve_threads(threads)
         self.use_reference = use_reference
         self.op = ops.table(use_reference)
@@ -122,11 +126,14 @@ class Engine:
                                    file=str(mf.path))
             return mf[name]
 
-        def tern(name):
+        def tern(name, packed=True):
             t = need(name)
             if not hasattr(t, "codes"):
                 raise PoppinsError(f"tensor {name!r} is not ternary", file=str(mf.path))
-            return pack_aligned(t, self.threads)
+            return pack_aligned(t, self.threads) if packed else t
+
+        def dense(name):
+            return _f32(need(name))
 
         self.emb = np.asarray(need("tok_emb"))
         if self.emb.shape != (cfg.vocab_size, cfg.dim):
@@ -149,20 +156,7 @@ class Engine:
             L = _Layer()
             L.attn_norm = _f32(need(p + "attn_norm"))
             L.ffn_norm = _f32(need(p + "ffn_norm"))
-            if cfg.attention == "mha":
-                L.wqkv = tern(p + "attn.wqkv")
-            else:
-                if cfg.q_latent_dim:
-                    L.wq_a = tern(p + "attn.wq_a")
-                    L.wq_b = tern(p + "attn.wq_b")
-                    L.q_norm = _f32(need(p + "attn.q_norm"))
-                else:
-                    L.wq = tern(p + "attn.wq")
-                L.wkv_a = tern(p + "attn.wkv_a")
-                L.kv_norm = _f32(need(p + "attn.kv_norm"))
-                t = need(p + "attn.wkv_b")
-                L.wkv_b = t
-                L.wkv_b_vals = np.ascontiguousarray(t.values(), dtype=np.float32)
+            self.attn.load(cfg, L, p, tern, dense)
             L.wo = tern(p + "attn.wo")
             L.w_up = tern(p + "ffn.w_up")
             L.w_down = tern(p + "ffn.w_down")
@@ -203,24 +197,16 @@ class Engine:
         embedding row is negligible)."""
         n = 0
         for L in self.layers:
-            for name in ("wqkv", "wq", "wq_a", "wq_b", "wkv_a", "wo", "w_up", "w_down"):
-                w = getattr(L, name)
-                if w is not None:
-                    n += w.data.nbytes
-            if L.wkv_b_vals is not None:
-                n += L.wkv_b_vals.nbytes
+            n += sum(w.data.nbytes for w in (L.wo, L.w_up, L.w_down))
+            n += sum(b for b, _ in self.attn.ternary_weights(L))
         n += self.head.nbytes
         return n
 
     def ternary_params(self) -> int:
         n = 0
         for L in self.layers:
-            for name in ("wqkv", "wq", "wq_a", "wq_b", "wkv_a", "wo", "w_up", "w_down"):
-                w = getattr(L, name)
-                if w is not None:
-                    n += w.m * w.k
-            if L.wkv_b is not None:
-                n += L.wkv_b.shape[0] * L.wkv_b.shape[1]
+            n += sum(w.m * w.k for w in (L.wo, L.w_up, L.w_down))
+            n += sum(p for _, p in self.attn.ternary_weights(L))
         return n
 
 
@@ -237,17 +223,7 @@ class _Scratch:
         wide = max(d, F, H * hd)
         self._q8 = np.empty(n * wide, np.int8)
         self.qs = e(n)
-        if cfg.attention == "mha":
-            self.qkv = e(n, (H + 2 * cfg.n_kv_heads) * hd)
-            mx = self.qkv.shape[1]
-        else:
-            r, kvl = cfg.rope_width, cfg.kv_latent
-            self.qf = e(n, H * (hd + r))
-            self.kva = e(n, kvl + r)
-            self.ckv = e(n, kvl)
-            mx = max(self.qf.shape[1], kvl + r, cfg.q_latent_dim or 0)
-            if cfg.q_latent_dim:
-                self.cq = e(n, cfg.q_latent_dim)
+        mx = attention_unit(cfg).scratch(self, cfg, n)
         self._acc = np.empty(n * max(mx, d, F, H * hd), np.int32)
 
     def q8(self, k: int) -> np.ndarray:
@@ -272,14 +248,11 @@ class Session:
         self.context = ctx
         self.threads = engine.threads if threads is None else resolve_threads(threads)
         self.pos = 0
-        hd = cfg.head_dim
-        if cfg.attention == "mha":
-            Hk = cfg.n_kv_heads
-            self.k = [np.zeros((ctx, Hk * hd), np.float32) for _ in range(cfg.layers)]
-            self.v = [np.zeros((ctx, Hk * hd), np.float32) for _ in range(cfg.layers)]
-        else:
-            self.ckv = [np.zeros((ctx, cfg.kv_latent), np.float32) for _ in range(cfg.layers)]
-            self.kr = [np.zeros((ctx, cfg.rope_width), np.float32) for _ in range(cfg.layers)]
+        #: the KV cache, laid out by the attention unit: two named lists of per-layer arrays
+        #: (also attributes of the session: k, v for MHA/GQA; ckv, kr for MLA)
+        self.cache: Dict[str, List[np.ndarray]] = engine.attn.new_cache(cfg, ctx)
+        for name, arrays in self.cache.items():
+            setattr(self, name, arrays)
         self._scratch: Dict[int, _Scratch] = {}
         self._logits = np.empty((1, cfg.vocab_size), np.float32)
         #: the compiled per-token step (one token through every layer, GIL released), used
@@ -287,7 +260,7 @@ class Session:
         self._step = None
         if compiled_step is None or compiled_step:
             if engine.plan is not None:
-                a, b = (self.k, self.v) if cfg.attention == "mha" else (self.ckv, self.kr)
+                a, b = self.cache.values()
                 self._step = ops._mod().DecodeSession(engine.plan, a, b, ctx)
             elif compiled_step:
                 raise PoppinsError("the compiled decode step needs the poppins._engine "
@@ -297,8 +270,7 @@ class Session:
         self.pos = 0
 
     def cache_bytes(self) -> int:
-        arrs = (self.k + self.v) if self.engine.cfg.attention == "mha" else (self.ckv + self.kr)
-        return sum(a.nbytes for a in arrs)
+        return sum(a.nbytes for arrays in self.cache.values() for a in arrays)
 
     def _scr(self, n: int) -> _Scratch:
         s = self._scratch.get(n)
@@ -348,17 +320,7 @@ class Session:
         for i, L in enumerate(e.layers):
             q8 = s.q8(cfg.dim)
             op["rmsnorm_quant"](x, L.attn_norm, eps, q8, s.qs, th)
-            if cfg.attention == "mha":
-                Hk = cfg.n_kv_heads
-                qkv = s.qkv
-                self._linear(L.wqkv, q8, s.qs, s, qkv)
-                op["rope"](qkv, e.cos, e.sin, pos0, H + Hk, hd, 0, th)
-                self.k[i][pos0:pos0 + n] = qkv[:, H * hd:(H + Hk) * hd]
-                self.v[i][pos0:pos0 + n] = qkv[:, (H + Hk) * hd:]
-                op["attention"](qkv[:, :H * hd], self.k[i], self.v[i], s.o, pos0, H, Hk,
-                                1.0 / math.sqrt(hd), th)
-            else:
-                self._mla(i, L, s, q8, pos0, n)
+            e.attn.step(self, i, L, s, q8, pos0, n)
             o8 = s.q8(H * hd)
             op["quant_rows"](s.o, o8, s.qs, th)
             self._linear(L.wo, o8, s.qs, s, x, accumulate=True)
@@ -421,28 +383,3 @@ class Session:
             if token in stop_ids:
                 break
         return n
-
-    def _mla(self, i: int, L: _Layer, s: _Scratch, q8: np.ndarray, pos0: int, n: int) -> None:
-        e, cfg = self.engine, self.engine.cfg
-        op, th = e.op, self.threads
-        H, hd, r, kvl, eps = cfg.heads, cfg.head_dim, cfg.rope_width, cfg.kv_latent, cfg.norm_eps
-        xs = s.qs.copy()
-        if cfg.q_latent_dim:
-            self._linear(L.wq_a, q8, xs, s, s.cq)
-            c8 = np.empty((n, cfg.q_latent_dim), np.int8)
-            cs = np.empty(n, np.float32)
-            op["rmsnorm_quant"](s.cq, L.q_norm, eps, c8, cs, th)
-            self._linear(L.wq_b, c8, cs, s, s.qf)
-        else:
-            self._linear(L.wq, q8, xs, s, s.qf)
-        self._linear(L.wkv_a, q8, xs, s, s.kva)
-        # the latent: RMSNorm, int8 quantize, dequantize (what training feeds into wkv_b)
-        l8 = np.empty((n, kvl), np.int8)
-        ls = np.empty(n, np.float32)
-        op["rmsnorm_quant"](s.kva[:, :kvl], L.kv_norm, eps, l8, ls, th)
-        self.ckv[i][pos0:pos0 + n] = l8.astype(np.float32) / ls[:, None]
-        op["rope"](s.qf, e.cos, e.sin, pos0, H, hd + r, hd, th)
-        op["rope"](s.kva, e.cos, e.sin, pos0, 1, kvl + r, kvl, th)
-        self.kr[i][pos0:pos0 + n] = s.kva[:, kvl:]
-        op["mla_attention"](s.qf, self.ckv[i], self.kr[i], L.wkv_b_vals, L.wkv_b.scale, s.o,
-                            pos0, H, hd, 1.0 / math.sqrt(hd + r), th)

@@ -7,8 +7,9 @@
     loss = model.loss_and_grad(tokens, targets, mask=mask, weights=weights, segments=segs)
     opt.step()
 """
-from .config import ModelConfig
-from .model import Model, param_shapes, rope_tables, segment_starts
+from ..engine.config import ModelConfig
+from ..numerics import rope_tables
+from .model import Model, param_shapes, segment_starts
 from .optim import AdamW, adamw_step
 
 __all__ = ["ModelConfig", "Model", "AdamW", "adamw_step", "param_shapes", "rope_tables",

@@ -8,6 +8,8 @@ Architecture (decoder-only, pre-norm, no biases)::
         x = x + W_down(relu(W_up(RMSNorm(x)))^2)
     logits = RMSNorm(x) @ H^T           # H = E when tie_embeddings (default)
 
+Attention is a unit (:mod:`poppins.model.attention`: params, buffers, forward, backward of
+MHA/GQA and MLA); this module never branches on the attention type.
 Every projection inside Attn and the feed-forward is a BitLinear layer: latent float weights
 W; the forward pass computes ``Qa(x) @ Qw(W)^T`` with the per-token absmax int8 activation
 quantizer Qa and the per-tensor absmean ternary weight quantizer Qw of decisions.md
@@ -34,10 +36,12 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from ..engine.config import ModelConfig
 from ..errors import PoppinsError
+from ..numerics import rope_tables
 from ..threads import resolve_threads
 from . import kernels as K
-from .config import ModelConfig
+from .attention import training_unit
 
 
 def segment_starts(segments: Optional[np.ndarray], B: int, T: int) -> np.ndarray:
@@ -57,34 +61,16 @@ def segment_starts(segments: Optional[np.ndarray], B: int, T: int) -> np.ndarray
     return np.ascontiguousarray(np.maximum.accumulate(idx, axis=1), dtype=np.int32)
 
 
-def rope_tables(length: int, rot: int, theta: float, dtype) -> Tuple[np.ndarray, np.ndarray]:
-    """cos, sin of shape [length, rot/2]: angle t * theta^(-2i/rot)."""
-    inv = theta ** (-np.arange(0, rot, 2, dtype=np.float64) / rot)
-    ang = np.arange(length, dtype=np.float64)[:, None] * inv[None, :]
-    return (np.ascontiguousarray(np.cos(ang), dtype=dtype),
-            np.ascontiguousarray(np.sin(ang), dtype=dtype))
-
-
 def param_shapes(cfg: ModelConfig):
     """[(name, shape, kind)] in flat-buffer order; kind: 'embed', 'bitlinear', 'head', 'norm'."""
     d, V, H, hd = cfg.dim, cfg.vocab_size, cfg.heads, cfg.head_dim
+    unit = training_unit(cfg)
     mats, norms = [("tok_emb", (V, d), "embed")], []
     for i in range(cfg.layers):
         p = f"layers.{i}."
-        if cfg.attention == "mha":
-            Hk = cfg.n_kv_heads
-            mats.append((p + "attn.wqkv", ((H + 2 * Hk) * hd, d), "bitlinear"))
-        else:
-            r, kvl = cfg.rope_width, cfg.kv_latent
-            if cfg.q_latent_dim:
-                mats.append((p + "attn.wq_a", (cfg.q_latent_dim, d), "bitlinear"))
-                mats.append((p + "attn.wq_b", (H * (hd + r), cfg.q_latent_dim), "bitlinear"))
-                norms.append((p + "attn.q_norm", (cfg.q_latent_dim,), "norm"))
-            else:
-                mats.append((p + "attn.wq", (H * (hd + r), d), "bitlinear"))
-            mats.append((p + "attn.wkv_a", (kvl + r, d), "bitlinear"))
-            mats.append((p + "attn.wkv_b", (2 * H * hd, kvl), "bitlinear"))
-            norms.append((p + "attn.kv_norm", (kvl,), "norm"))
+        am, an = unit.params(cfg, p)
+        mats += am
+        norms += an
         mats.append((p + "attn.wo", (d, H * hd), "bitlinear"))
         mats.append((p + "ffn.w_up", (cfg.hidden_dim, d), "bitlinear"))
         mats.append((p + "ffn.w_down", (d, cfg.hidden_dim), "bitlinear"))
@@ -116,30 +102,7 @@ class _Buffers:
         self.lse = [z(B, H, T) for _ in range(L)]
         self.u = [z(N, F) for _ in range(L)]          # w_up output
         self.a = [z(N, F) for _ in range(L)]          # Qa(relu(u)^2)
-        if cfg.attention == "mha":
-            C = (H + 2 * cfg.n_kv_heads) * hd
-            self.qkv = [z(N, C) for _ in range(L)]
-            self.dqkv = z(N, C)
-        else:
-            r, kvl = cfg.rope_width, cfg.kv_latent
-            self.qf = [z(N, H * (hd + r)) for _ in range(L)]
-            self.kva = [z(N, kvl + r) for _ in range(L)]
-            self.ckv = [z(N, kvl) for _ in range(L)]
-            self.rstdkv = [z(N) for _ in range(L)]
-            self.kvb = [z(N, 2 * H * hd) for _ in range(L)]
-            self.kfull = [z(N, H * (hd + r)) for _ in range(L)]
-            if cfg.q_latent_dim:
-                ql = cfg.q_latent_dim
-                self.cq = [z(N, ql) for _ in range(L)]
-                self.cqq = [z(N, ql) for _ in range(L)]
-                self.rstdq = [z(N) for _ in range(L)]
-                self.dcq = z(N, ql)
-                self.dcqx = z(N, ql)
-            self.dqf = z(N, H * (hd + r))
-            self.dkfull = z(N, H * (hd + r))
-            self.dkvb = z(N, 2 * H * hd)
-            self.dkva = z(N, kvl + r)
-            self.dckv = z(N, kvl)
+        m.attn.buffers(self, cfg, N, L, z)
         self.hf = z(N, d)
         self.rstdf = z(N)
         self.tmp = z(N, d)
@@ -169,7 +132,8 @@ class Model:
         opt.step()                        # poppins.model.AdamW(model, ...)
 
     ``loss_and_grad(...)`` does both.  ``last_logits(tokens)`` gives the logits of the last
-    position of each row (greedy decoding).
+    position of each row (the test oracle's greedy decoding:
+    :func:`poppins.training.generate.greedy`).
     """
 
     def __init__(self, cfg: ModelConfig, seed: int = 0, threads: Optional[int] = None,
@@ -177,6 +141,8 @@ class Model:
         self.cfg = cfg.validate()
         self.dtype = np.dtype(cfg.dtype)
         self.threads = resolve_threads(threads)
+        #: the attention unit (poppins.model.attention): its params' buffers, forward, backward
+        self.attn = training_unit(cfg)
         self.layout = param_shapes(cfg)
         total = sum(int(np.prod(s)) for _, s, _ in self.layout)
         self.flat_params = np.zeros(total, dtype=self.dtype)
@@ -306,18 +272,9 @@ class Model:
         cfg, nt, q = self.cfg, self.threads, self.cfg.quantize
         P, W = self.params, self.wq
         p = f"layers.{i}."
-        H, hd, T = cfg.heads, cfg.head_dim, bf.T
         x, xm = bf.x[i], bf.xm[i]
         K.rmsnorm_quant_fwd(x, P[p + "attn_norm"], bf.h1[i], bf.rstd1[i], cfg.norm_eps, q, nt)
-        if cfg.attention == "mha":
-            Hk = cfg.n_kv_heads
-            qkv = bf.qkv[i]
-            K.gemm(bf.h1[i], W[p + "attn.wqkv"], qkv, False, True, threads=self.threads)
-            K.rope(qkv, self.cos, self.sin, T, H + Hk, hd, 0, False, nt)
-            K.attn_fwd(qkv[:, :H * hd], qkv[:, H * hd:(H + Hk) * hd], qkv[:, (H + Hk) * hd:],
-                       bf.o[i], bf.lse[i], bf.seg_start, H, Hk, 1.0 / np.sqrt(hd), nt)
-        else:
-            self._mla_fwd(i, bf)
+        self.attn.forward(self, i, bf)
         if q:
             K.act_quant(bf.o[i], bf.oq[i], nt)
         K.gemm(bf.oq[i], W[p + "attn.wo"], bf.tmp, False, True, threads=self.threads)
@@ -327,32 +284,6 @@ class Model:
         K.relu2_quant_fwd(bf.u[i], bf.a[i], q, nt)
         K.gemm(bf.a[i], W[p + "ffn.w_down"], bf.tmp, False, True, threads=self.threads)
         np.add(xm, bf.tmp, out=bf.x[i + 1])
-
-    def _mla_fwd(self, i: int, bf: _Buffers) -> None:
-        cfg, nt, q = self.cfg, self.threads, self.cfg.quantize
-        P, W = self.params, self.wq
-        p = f"layers.{i}."
-        H, hd, T, r, kvl = cfg.heads, cfg.head_dim, bf.T, cfg.rope_width, cfg.kv_latent
-        N = bf.N
-        qf, kva, kvb, kfull = bf.qf[i], bf.kva[i], bf.kvb[i], bf.kfull[i]
-        if cfg.q_latent_dim:
-            K.gemm(bf.h1[i], W[p + "attn.wq_a"], bf.cq[i], False, True, threads=self.threads)
-            K.rmsnorm_quant_fwd(bf.cq[i], P[p + "attn.q_norm"], bf.cqq[i], bf.rstdq[i],
-                                cfg.norm_eps, q, nt)
-            K.gemm(bf.cqq[i], W[p + "attn.wq_b"], qf, False, True, threads=self.threads)
-        else:
-            K.gemm(bf.h1[i], W[p + "attn.wq"], qf, False, True, threads=self.threads)
-        K.gemm(bf.h1[i], W[p + "attn.wkv_a"], kva, False, True, threads=self.threads)
-        K.rmsnorm_quant_fwd(kva[:, :kvl], P[p + "attn.kv_norm"], bf.ckv[i], bf.rstdkv[i],
-                            cfg.norm_eps, q, nt)
-        K.gemm(bf.ckv[i], W[p + "attn.wkv_b"], kvb, False, True, threads=self.threads)
-        K.rope(qf, self.cos, self.sin, T, H, hd + r, hd, False, nt)
-        K.rope(kva, self.cos, self.sin, T, 1, kvl + r, kvl, False, nt)
-        k3 = kfull.reshape(N, H, hd + r)
-        k3[:, :, :hd] = kvb[:, :H * hd].reshape(N, H, hd)
-        k3[:, :, hd:] = kva[:, None, kvl:]
-        K.attn_fwd(qf, kfull, kvb[:, H * hd:], bf.o[i], bf.lse[i], bf.seg_start, H, H,
-                   1.0 / np.sqrt(hd + r), nt)
 
     def _head_matrix(self) -> np.ndarray:
         return self.params["tok_emb"] if self.cfg.tie_embeddings else self.params["head"]
@@ -416,24 +347,6 @@ class Model:
         self._cache = None
         return out
 
-    def generate_greedy(self, prompt, max_new_tokens: int, stop_ids=()) -> list:
-        """Greedy decoding through the training forward (no KV cache): the new token ids,
-        up to ``max_new_tokens``, ending with the first id in ``stop_ids`` if one comes.
-        The window is the last ``context_length`` tokens."""
-        ids = [int(t) for t in prompt]
-        if not ids:
-            raise PoppinsError("generate_greedy needs at least one prompt token")
-        stop = {int(s) for s in stop_ids}
-        out = []
-        for _ in range(int(max_new_tokens)):
-            ctx = np.asarray(ids[-self.cfg.context_length:], dtype=np.int64)[None, :]
-            nxt = int(np.argmax(self.last_logits(ctx)[0]))
-            ids.append(nxt)
-            out.append(nxt)
-            if nxt in stop:
-                break
-        return out
-
     # ----------------------------------------------------------------- backward
     def backward(self, accumulate: bool = False) -> None:
         """Gradients of the last forward()'s loss into flat_grads (overwritten, or added to
@@ -465,10 +378,9 @@ class Model:
         K.embed_bwd(G["tok_emb"], bf.tokens, bf.dx, nt)
 
     def _block_bwd(self, i: int, bf: _Buffers) -> None:
-        cfg, nt = self.cfg, self.threads
+        nt = self.threads
         P, W, G = self.params, self.wq, self.grads
         p = f"layers.{i}."
-        H, hd = cfg.heads, cfg.head_dim
         dx = bf.dx  # gradient w.r.t. the block output x[i+1]
         # feed-forward: x[i+1] = xm + a @ Wd^T
         K.gemm(dx, bf.a[i], G[p + "ffn.w_down"], True, False, threads=self.threads)
@@ -481,52 +393,9 @@ class Model:
         # attention: xm = x + oq @ Wo^T
         K.gemm(dx, bf.oq[i], G[p + "attn.wo"], True, False, threads=self.threads)
         K.gemm(dx, W[p + "attn.wo"], bf.do, False, False, threads=self.threads)
-        if cfg.attention == "mha":
-            Hk = cfg.n_kv_heads
-            qkv, dqkv = bf.qkv[i], bf.dqkv
-            a, b_ = H * hd, (H + Hk) * hd
-            K.attn_bwd(qkv[:, :a], qkv[:, a:b_], qkv[:, b_:], bf.o[i], bf.lse[i], bf.do,
-                       dqkv[:, :a], dqkv[:, a:b_], dqkv[:, b_:], bf.seg_start, H, Hk,
-                       1.0 / np.sqrt(hd), nt)
-            K.rope(dqkv, self.cos, self.sin, bf.T, H + Hk, hd, 0, True, nt)
-            K.gemm(dqkv, bf.h1[i], G[p + "attn.wqkv"], True, False, threads=self.threads)
-            K.gemm(dqkv, W[p + "attn.wqkv"], bf.dh, False, False, threads=self.threads)
-        else:
-            self._mla_bwd(i, bf)
+        self.attn.backward(self, i, bf)
         K.rmsnorm_bwd(bf.x[i], P[p + "attn_norm"], bf.rstd1[i], bf.dh, dx, G[p + "attn_norm"],
                       True, nt)
-
-    def _mla_bwd(self, i: int, bf: _Buffers) -> None:
-        cfg, nt = self.cfg, self.threads
-        P, W, G = self.params, self.wq, self.grads
-        p = f"layers.{i}."
-        H, hd, r, kvl, N, T = cfg.heads, cfg.head_dim, cfg.rope_width, cfg.kv_latent, bf.N, bf.T
-        kvb, kva = bf.kvb[i], bf.kva[i]
-        dkvb, dkva, dqf, dkf = bf.dkvb, bf.dkva, bf.dqf, bf.dkfull
-        K.attn_bwd(bf.qf[i], bf.kfull[i], kvb[:, H * hd:], bf.o[i], bf.lse[i], bf.do,
-                   dqf, dkf, dkvb[:, H * hd:], bf.seg_start, H, H, 1.0 / np.sqrt(hd + r), nt)
-        dk3 = dkf.reshape(N, H, hd + r)
-        dkvb[:, :H * hd].reshape(N, H, hd)[...] = dk3[:, :, :hd]
-        np.sum(dk3[:, :, hd:], axis=1, out=dkva[:, kvl:])
-        K.rope(dkva, self.cos, self.sin, T, 1, kvl + r, kvl, True, nt)
-        K.rope(dqf, self.cos, self.sin, T, H, hd + r, hd, True, nt)
-        K.gemm(dkvb, bf.ckv[i], G[p + "attn.wkv_b"], True, False, threads=self.threads)
-        K.gemm(dkvb, W[p + "attn.wkv_b"], bf.dckv, False, False, threads=self.threads)
-        # kva[:, :kvl] is the pre-norm latent (rope only touched the last r columns)
-        K.rmsnorm_bwd(kva[:, :kvl], P[p + "attn.kv_norm"], bf.rstdkv[i], bf.dckv,
-                      dkva[:, :kvl], G[p + "attn.kv_norm"], False, nt)
-        K.gemm(dkva, bf.h1[i], G[p + "attn.wkv_a"], True, False, threads=self.threads)
-        K.gemm(dkva, W[p + "attn.wkv_a"], bf.dh, False, False, threads=self.threads)
-        if cfg.q_latent_dim:
-            K.gemm(dqf, bf.cqq[i], G[p + "attn.wq_b"], True, False, threads=self.threads)
-            K.gemm(dqf, W[p + "attn.wq_b"], bf.dcq, False, False, threads=self.threads)
-            K.rmsnorm_bwd(bf.cq[i], P[p + "attn.q_norm"], bf.rstdq[i], bf.dcq, bf.dcqx,
-                          G[p + "attn.q_norm"], False, nt)
-            K.gemm(bf.dcqx, bf.h1[i], G[p + "attn.wq_a"], True, False, threads=self.threads)
-            K.gemm(bf.dcqx, W[p + "attn.wq_a"], bf.dh, False, False, True, self.threads)
-        else:
-            K.gemm(dqf, bf.h1[i], G[p + "attn.wq"], True, False, threads=self.threads)
-            K.gemm(dqf, W[p + "attn.wq"], bf.dh, False, False, True, self.threads)
 
     def loss_and_grad(self, tokens, targets, mask=None, weights=None, segments=None) -> float:
         loss = self.forward(tokens, targets, mask=mask, weights=weights, segments=segments)

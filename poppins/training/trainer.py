@@ -30,6 +30,7 @@ from ..threads import resolve_threads
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import EpochStream, PackedSamples, batches_in_order
+from .export import export_model
 from .progress import Progress, fmt_duration
 from .schedule import lr_wd_at
 
@@ -243,8 +244,6 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
     model.release_buffers()
     model_file = None
     if stopped not in ("SIGINT", "SIGTERM"):
-        from ..engine.export import export_model
-
         model_file = export_model(
             model, out_dir / "model.poppins",
             tokenizer_json=(out_dir / "tokenizer.json").read_text(encoding="utf-8"),

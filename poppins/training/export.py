@@ -1,6 +1,9 @@
 """Export a trained model to ``OUT/model.poppins`` (the file the engine loads).
 
-    python -c "import poppins.engine as e; e.export_from_out_dir('.poppins')"
+    python -c "import poppins.training.export as e; e.export_from_out_dir('.poppins')"
+
+Export is the writing side: it lives with training and writes through the one model file
+format (:func:`poppins.engine.modelfile.write_model_file`); the engine only reads.
 
 What is written (tensor names are the training model's parameter names):
 
@@ -23,9 +26,10 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
+from ..engine.modelfile import write_model_file
+from ..engine.packing import TernaryTensor
 from ..errors import PoppinsError
-from .modelfile import write_model_file
-from .packing import TernaryTensor
+from ..model import kernels as MK
 
 HEAD_DTYPES = ("int8", "f16", "f32")
 ENGINE_FORMAT = 1
@@ -47,8 +51,6 @@ def _dense(name: str, a: np.ndarray, head_dtype: str, out: Dict[str, Any]) -> No
 
 def ternarize(w: np.ndarray) -> TernaryTensor:
     """The training forward's weight quantizer (absmean, round half to even) -> codes."""
-    from ..model import kernels as MK
-
     w = np.ascontiguousarray(w)
     out = np.empty_like(w)
     scale = MK.weight_quant(w, out, 1)
@@ -91,7 +93,7 @@ def export_model(model, path, *, tokenizer_json: str, sources: Mapping[str, Any]
 def export_from_out_dir(out_dir, path=None, *, head_dtype: str = "int8") -> Path:
     """Export ``OUT/checkpoints/last.ckpt`` with OUT's tokenizer.json and manifest.json to
     ``OUT/model.poppins`` (or ``path``)."""
-    from ..training.trainer import load_trained
+    from .trainer import load_trained   # function-level: trainer imports this module
 
     out = Path(out_dir)
     try:
