@@ -169,6 +169,15 @@ class Knob:
         return value, None
 
     # -- words for help and README -----------------------------------------------------------
+    @property
+    def cli_metavar(self) -> Optional[str]:
+        """The flag's argument in ``--help`` and the README (None: the flag takes none)."""
+        if self.flag_value is not None:
+            return None
+        if self.kind == "enum":
+            return "{" + ",".join(self.choices) + "}"
+        return self.metavar or {"int": "N", "float": "X"}.get(self.kind, "VALUE")
+
     def default_words(self) -> str:
         if self.default_text is not None:
             return self.default_text
@@ -276,7 +285,7 @@ KNOBS: Tuple[Knob, ...] = (
     _K("bpe-min-merge-frequency", "int", 3, "stop merging when the most frequent pair occurs "
        "fewer times than this", scope="data", constant="bpe-min-merge-frequency", lo=0),
     _K("bpe-requested-tokens", "list", (), "strings that always become one token",
-       scope="data", constant="bpe-requested-tokens"),
+       scope="data", constant="bpe-requested-tokens", default_text="none"),
     # -- compat: the original's constants that mean nothing on a CPU-only trainer ------------
     _K("aim-train-gb", "float", scope="compat", constant="aim-train-gb", lo=0, lo_open=True),
     _K("aim-infer-gb", "float", scope="compat", constant="aim-infer-gb", lo=0, lo_open=True,
@@ -365,27 +374,28 @@ def _cell(text: str) -> str:
 
 
 def _option(k: Knob) -> str:
-    metavar = k.metavar or (None if k.flag_value is not None or k.kind == "enum"
-                            else k.flags[-1].lstrip("-").replace("-", "_").upper())
-    if k.kind == "enum":
-        metavar = "|".join(k.choices)
-    flags = " ".join(k.flags) if not metavar else f"{' '.join(k.flags)} {metavar}"
-    return f"`{_cell(flags)}`"
+    flags = ", ".join(k.flags)
+    return f"`{_cell(flags if k.cli_metavar is None else f'{flags} {k.cli_metavar}')}`"
 
 
 def readme_table() -> str:
-    """The README's ``train`` option table, generated from the knobs that have a flag."""
+    """The README's ``train`` option table: the knobs with a flag, then the train.xml
+    constants without one, then the fields only ``overrides`` sets."""
     rows = ["| option | train.xml constant | default | range | meaning |",
             "|---|---|---|---|---|"]
-    for section in SECTIONS:
-        for k in KNOBS:
-            if k.cli_section != section or not k.flags:
-                continue
-            const = f"`<{k.constant}>`" if k.constant else ""
-            default = k.default_words()
-            rng = "" if k.kind == "enum" or k.flag_value is not None else k.range_text()
-            rows.append(f"| {_option(k)} | {const} | {_cell(default)} | {_cell(rng)} | "
-                        f"{_cell(k.help)} |")
+    shown = [k for section in SECTIONS for k in KNOBS if k.flags and k.cli_section == section]
+    shown += [k for k in KNOBS if not k.flags and k.constant and k.effect]
+    for k in shown:
+        const = f"`<{k.constant}>`" if k.constant else ""
+        rng = "" if k.kind == "enum" or k.flag_value is not None else k.range_text()
+        rows.append(f"| {_option(k) if k.flags else ''} | {const} | {_cell(k.default_words())} "
+                    f"| {_cell(rng)} | {_cell(k.help)} |")
+    api = [k for k in CONFIG.values() if not k.flags and not k.constant]
+    rows.append("")
+    rows.append("Only through `poppins.train(..., overrides={...})` (TrainConfig fields): "
+                + ", ".join(f"`{k.attr}` ({k.default_words()}, {k.range_text()})" for k in api)
+                + ".  Accepted in train.xml for compatibility with the original, with no "
+                "effect: " + ", ".join(f"`<{k.constant}>`" for k in KNOBS if not k.effect) + ".")
     return "\n".join(rows)
 
 

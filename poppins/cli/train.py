@@ -49,11 +49,8 @@ def _add(group, knob: Knob) -> None:
         group.add_argument(*knob.flags, dest=knob.attr, action="store_const",
                            const=knob.flag_value, default=default, help=_help(knob))
         return
-    metavar = knob.metavar
-    if knob.kind == "enum":
-        metavar = "{" + ",".join(knob.choices) + "}"
     group.add_argument(*knob.flags, dest=knob.attr, type=_type(knob), default=default,
-                       metavar=metavar, help=_help(knob))
+                       metavar=knob.cli_metavar, help=_help(knob))
 
 
 def add_parser(sub) -> None:
