@@ -336,3 +336,23 @@ def test_range_words():
     assert K.BY_NAME["weight-decay"].range_text() == "0 to 10"
     assert K.BY_NAME["beta1"].range_text() == ">= 0 and < 1"
     assert math.isclose(K.BY_NAME["epochs"].parse(" 2.5 ")[0], 2.5)
+
+
+def test_run_option_defaults_match_the_functions_they_feed():
+    """The run options are arguments of train() / prepare_data(); their defaults there (which
+    the API uses) equal the table's (which the flags use)."""
+    import inspect
+
+    from poppins.datastage import DEFAULT_MIN_MERGE_FREQUENCY, DEFAULT_VOCAB_SIZE, prepare_data
+    from poppins.samples import DEFAULT_SEED
+    from poppins.trainxml import DEFAULT_MAX_XML_MB
+
+    for fn in (train, prepare_data):
+        params = inspect.signature(fn).parameters
+        for k in K.KNOBS:
+            if k.cli_section == "run" and k.attr in params and k.attr != "threads":
+                assert params[k.attr].default == k.default, (fn.__name__, k.attr)
+    assert K.BY_NAME["max-xml-mb"].default == DEFAULT_MAX_XML_MB
+    assert K.BY_NAME["seed"].default == DEFAULT_SEED
+    assert DEFAULT_VOCAB_SIZE == K.BY_NAME["bpe-vocab-size"].default == 8192
+    assert DEFAULT_MIN_MERGE_FREQUENCY == K.BY_NAME["bpe-min-merge-frequency"].default == 3
