@@ -36,8 +36,8 @@ MANIFEST_VERSION = 1
 DATA_FILES = ("train_corpus.xml", "val_corpus.xml", "tokenizer.json", "tokenizer_config.json",
               "train_corpus.bin", "train_index.bin", "val_corpus.bin", "val_index.bin", MANIFEST)
 STAGING_PREFIX = ".staging-"
-DEFAULT_VOCAB_SIZE = 8192
-DEFAULT_MIN_MERGE_FREQUENCY = 3
+DEFAULT_VOCAB_SIZE = SPECS["bpe-vocab-size"].default                 # the knob table's
+DEFAULT_MIN_MERGE_FREQUENCY = SPECS["bpe-min-merge-frequency"].default
 
 
 @dataclass

@@ -184,6 +184,19 @@ def test_constant_out_of_range(tmp_path, capsys, good_output):
                  r"<learning-rate> must be between 0 and 10, got -1")
 
 
+def test_constant_steps_zero(tmp_path, capsys, good_output):
+    # issue 11: <steps>0</steps> passed the data stage and failed later without FILE:LINE
+    text = GOOD.replace("<train>", "<train>\n  <constants>\n    <steps>0</steps>\n  </constants>")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 4,
+                 r"<steps> must be >= 1, got 0")
+
+
+def test_early_constant_out_of_range(tmp_path, capsys, good_output):
+    text = GOOD.replace("<train>", '<train>\n  <constants>\n    <constant key="batch_size" value="0"/>\n  </constants>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 4,
+                 r"constant 'batch_size' must be >= 1, got 0")
+
+
 def test_early_constant_wrong_type(tmp_path, capsys, good_output):
     text = GOOD.replace("<train>", '<train>\n  <constants>\n    <constant key="bpe_min_merge_frequency" value="abc"/>\n  </constants>')
     expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 4,

@@ -113,6 +113,7 @@ def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
           progress_stream=None) -> TrainResult:
     """Run the data stage, then train.  ``overrides`` are TrainConfig fields (the CLI flags)."""
     say = log or (lambda _m: None)
+    overrides = TrainConfig.check_overrides(overrides)   # unknown keys, bad values: before any work
     out_dir = Path(out_dir)
     data = prepare_data(train_xml, out_dir, seed=seed, val_fraction=val_fraction,
                         max_xml_mb=max_xml_mb, log=log)
