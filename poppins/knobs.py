@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .engine.attention import ATTENTION  # the attention types: their one registry
+
 #: Knob scopes: a TrainConfig field, an argument of ``train()`` / the data stage, a constant
 #: read by the data stage, or a constant accepted for compatibility that has no effect.
 SCOPES = ("run", "config", "data", "compat")
@@ -227,7 +229,7 @@ KNOBS: Tuple[Knob, ...] = (
        optional=True, default_text="= heads"),
     _K("attention", "enum", "mha", "mha (multi-head, optionally grouped-query) or mla "
        "(multi-head latent attention)", attr="attention", constant="attention",
-       flags=("--attention",), choices=("mha", "mla")),
+       flags=("--attention",), choices=tuple(ATTENTION)),
     _K("quantize", "bool", True, "train without the ternary quantizers (a float model)",
        attr="quantize", flags=("--float",), flag_value=False),
     _K("context-length", "int", None, "context window in tokens; samples are packed into it",
