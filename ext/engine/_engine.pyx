@@ -6,12 +6,13 @@ and MLA's absorbed latent attention), the output head (f32 / f16 / int8) and the
 Same names and signatures as the NumPy references in poppins/engine/ops_ref.py (see there for
 what each computes); every op releases the GIL and splits its work over ``threads`` OpenMP
 threads when it is large enough.  Float arrays are float32 with contiguous rows (any row
-stride); the quantizer is decisions.md's (s = 127 / max|y| in float32, round half to even).
+stride); the quantizer, RMSNorm and RoPE are the one C copy of ext/common/poppins_numerics.h
+(s = 127 / max(max|y|, 1e-5) in float32, round half to even; reference poppins/numerics.py).
 """
 import numpy as np
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, expf, nearbyintf, fabsf, isinf
+from libc.math cimport sqrt, expf
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.stdint cimport int8_t, uint16_t, int32_t, int64_t, uint64_t
@@ -54,40 +55,22 @@ cdef inline void _rows_ok(name, mv) except *:
 
 
 # --------------------------------------------------------------------------- quantization
+# The one quantizer / RMSNorm / RoPE of ext/common/poppins_numerics.h (training's clamp rule:
+# s = 127 / max(max|y|, 1e-5)); NumPy reference: poppins/numerics.py.
+cdef extern from "poppins_numerics.h" nogil:
+    float pp_quant_row_f32(const float *y, int64_t d, int8_t *q)
+    float pp_rms_row_f32(const float *x, const float *g, int64_t d, double eps, float *y)
+    void pp_rope_pairs_f32(float *a, float *b, const float *c, const float *s, int64_t half,
+                           int inverse)
+
+
 cdef inline void _quant_row(const float *y, int64_t d, int8_t *q, float *s) noexcept nogil:
-    cdef float amax = 0, v, sc = 1, z
-    cdef int64_t k
-    for k in range(d):
-        v = fabsf(y[k])
-        if v > amax:
-            amax = v
-    if amax > 0:
-        sc = (<float>127.0) / amax
-        if isinf(sc):
-            memset(q, 0, d)
-            s[0] = 1
-            return
-    for k in range(d):
-        z = nearbyintf(y[k] * sc)
-        if z > 127:
-            z = 127
-        elif z < -128:
-            z = -128
-        q[k] = <int8_t>z
-    s[0] = sc
+    s[0] = pp_quant_row_f32(y, d, q)
 
 
 cdef inline void _rms_row(const float *x, const float *g, int64_t d, double eps,
                           float *y) noexcept nogil:
-    cdef double ms = 0
-    cdef int64_t k
-    cdef float r
-    for k in range(d):
-        ms += <double>x[k] * <double>x[k]
-    ms = ms / d
-    r = <float>(1.0 / sqrt(ms + eps))
-    for k in range(d):
-        y[k] = (x[k] * r) * g[k]
+    pp_rms_row_f32(x, g, d, eps, y)
 
 
 def rmsnorm(const float[:, :] x, const float[::1] g, double eps, float[:, :] out, int threads=1):
@@ -127,10 +110,11 @@ def quant_rows(const float[:, :] x, int8_t[:, :] q, float[::1] scales, int threa
         raise ValueError("quant_rows: shape mismatch")
     if n == 0:
         return
-    if d == 0:
-        scales[:] = 1
-        return
     cdef int nt = _nt(threads, n * d)
+    if d == 0:  # no element to read: the scale of an empty (all-zero) row
+        for i in range(n):
+            scales[i] = pp_quant_row_f32(NULL, 0, NULL)
+        return
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         _quant_row(&x[i, 0], d, &q[i, 0], &scales[i])
 
@@ -178,8 +162,7 @@ def dequant(const int32_t[:, :] acc, double wscale, const float[::1] xscales, fl
 # --------------------------------------------------------------------------- rope
 def rope(float[:, :] x, const float[:, ::1] cos, const float[:, ::1] sin, int64_t pos0,
          int64_t nheads, int64_t head_stride, int64_t offset, int threads=1):
-    cdef int64_t n = x.shape[0], half = cos.shape[1], t, h, i, c0, pos
-    cdef float a, b, c, s
+    cdef int64_t n = x.shape[0], half = cos.shape[1], t, h, c0, pos
     _rows_ok("x", x)
     if pos0 < 0 or pos0 + n > cos.shape[0] or sin.shape[0] != cos.shape[0] \
             or sin.shape[1] != half:
@@ -194,13 +177,7 @@ def rope(float[:, :] x, const float[:, ::1] cos, const float[:, ::1] sin, int64_
         pos = pos0 + t
         for h in range(nheads):
             c0 = h * head_stride + offset
-            for i in range(half):
-                a = x[t, c0 + i]
-                b = x[t, c0 + half + i]
-                c = cos[pos, i]
-                s = sin[pos, i]
-                x[t, c0 + i] = a * c - b * s
-                x[t, c0 + half + i] = a * s + b * c
+            pp_rope_pairs_f32(&x[t, c0], &x[t, c0 + half], &cos[pos, 0], &sin[pos, 0], half, 0)
 
 
 # --------------------------------------------------------------------------- attention

@@ -22,6 +22,7 @@
 #endif
 
 #include "poppins_common.h"
+#include "poppins_numerics.h"
 #include "../ternary/ternary.h"
 #include "engine.h"
 #include "engine_step.h"
@@ -161,40 +162,10 @@ void eng_session_free(eng_session *S)
 }
 
 /* ---------------------------------------------------------------- element-wise helpers */
-static inline float round_even(float v)
-{
-    const float magic = 12582912.0f; /* 1.5 * 2^23: |v| < 2^22 rounds half to even */
-    float t = v + magic;
-    return t - magic;
-}
-
+/* The quantizer, RMSNorm and RoPE are the one copy of poppins_numerics.h. */
 static void quant_row(const float *y, int64_t d, int8_t *q, float *s)
 {
-    float m8[8] = {0, 0, 0, 0, 0, 0, 0, 0};  /* max is exact in any order */
-    int64_t k0 = 0;
-    for (; k0 + 8 <= d; k0 += 8)
-        for (int j = 0; j < 8; j++) {
-            float v = fabsf(y[k0 + j]);
-            m8[j] = v > m8[j] ? v : m8[j];
-        }
-    float amax = 0.0f;
-    for (int j = 0; j < 8; j++) amax = m8[j] > amax ? m8[j] : amax;
-    for (; k0 < d; k0++) {
-        float v = fabsf(y[k0]);
-        if (v > amax) amax = v;
-    }
-    float sc = 1.0f;
-    if (amax > 0.0f) {
-        sc = 127.0f / amax;
-        if (isinf(sc)) { sc = 0.0f; }
-    }
-    for (int64_t k = 0; k < d; k++) {
-        float z = round_even(y[k] * sc);
-        if (z > 127.0f) z = 127.0f;
-        else if (z < -128.0f) z = -128.0f;
-        q[k] = (int8_t)z;
-    }
-    *s = sc == 0.0f ? 1.0f : sc;
+    *s = pp_quant_row_f32(y, d, q);
     /* zero padding up to a whole 256-weight block (the decode matvec reads whole blocks) */
     const int64_t pad = (d + 255) / 256 * 256;
     if (pad > d) memset(q + d, 0, (size_t)(pad - d));
@@ -202,11 +173,7 @@ static void quant_row(const float *y, int64_t d, int8_t *q, float *s)
 
 static void rms_row(const float *x, const float *g, int64_t d, double eps, float *y)
 {
-    double ms = 0.0;
-    for (int64_t k = 0; k < d; k++) ms += (double)x[k] * (double)x[k];
-    ms = ms / (double)d;
-    float r = (float)(1.0 / sqrt(ms + eps));
-    for (int64_t k = 0; k < d; k++) y[k] = (x[k] * r) * g[k];
+    pp_rms_row_f32(x, g, d, eps, y);
 }
 
 static void rope_row(float *x, const float *c, const float *s, int64_t half, int64_t nheads,
@@ -214,11 +181,7 @@ static void rope_row(float *x, const float *c, const float *s, int64_t half, int
 {
     for (int64_t h = 0; h < nheads; h++) {
         float *p = x + h * stride + offset;
-        for (int64_t i = 0; i < half; i++) {
-            float a = p[i], b = p[half + i];
-            p[i] = a * c[i] - b * s[i];
-            p[half + i] = a * s[i] + b * c[i];
-        }
+        pp_rope_pairs_f32(p, p + half, c, s, half, 0);
     }
 }
 

@@ -127,16 +127,16 @@ def matmul(const uint8_t[:, ::1] w, int64_t k, const int8_t[:, ::1] x, int32_t[:
 
 
 def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] q, float[::1] scales, int threads=1):
-    """Per-row int8 quantization: scales[r] = 127 / max|x[r]| (1 for a zero row),
+    """Per-row int8 quantization (ext/common/poppins_numerics.h; reference
+    poppins.numerics.act_quant_codes): scales[r] = 127 / max(max|x[r]|, 1e-5),
     q = clip(rint(x * scale), -128, 127), round half to even, float32 arithmetic."""
     cdef int64_t n = x.shape[0], k = x.shape[1]
     if q.shape[0] != n or q.shape[1] != k or scales.shape[0] != n:
         raise ValueError("quantize_rows: shape mismatch")
     if n == 0:
         return
-    if k == 0:
-        for r in range(n):
-            scales[r] = 1.0
+    if k == 0:  # no element to read: the scale of an empty (all-zero) row
+        tern_quantize_rows(NULL, 0, n, 0, NULL, 0, &scales[0], 1)
         return
     with nogil:
         tern_quantize_rows(&x[0, 0], k, n, k, &q[0, 0], k, &scales[0], threads)

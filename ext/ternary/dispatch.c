@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "poppins_common.h"
+#include "poppins_numerics.h"
 #include "ternary.h"
 
 #if defined(__aarch64__) || defined(__arm__)
@@ -196,15 +197,6 @@ int tern_matmul(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
     return 0;
 }
 
-/* Round half to even for |v| < 2^22 in the default rounding mode (adding and subtracting
- * 1.5 * 2^23 leaves v rounded to an integer).  Equal to rintf / np.rint on the clamped range.
- * This file is compiled with -std=c11 (no FP contraction) and never with -ffast-math. */
-static inline float round_even(float v) {
-    const float magic = 12582912.0f;
-    float t = v + magic;
-    return t - magic;
-}
-
 void tern_quantize_rows(const float *x, int64_t x_stride, int64_t n, int64_t k,
                         int8_t *q, int64_t q_stride, float *scales, int threads) {
     int nt = poppins_threads(threads);
@@ -213,20 +205,6 @@ void tern_quantize_rows(const float *x, int64_t x_stride, int64_t n, int64_t k,
 #pragma omp parallel for schedule(static) num_threads(nt) if (n * k > (1 << 18))
 #endif
     for (int64_t r = 0; r < n; r++) {
-        const float *xr = x + r * x_stride;
-        int8_t *qr = q + r * q_stride;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < k; i++) {
-            float a = fabsf(xr[i]);
-            amax = a > amax ? a : amax;
-        }
-        float s = amax > 0.0f ? 127.0f / amax : 1.0f;
-        if (!(s <= 3.4028234663852886e38f)) s = 0.0f; /* 127 / max overflowed: a zero row */
-        for (int64_t i = 0; i < k; i++) {
-            float v = xr[i] * s;
-            v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
-            qr[i] = (int8_t)(int)round_even(v);
-        }
-        scales[r] = s > 0.0f ? s : 1.0f;
+        scales[r] = pp_quant_row_f32(x + r * x_stride, k, q + r * q_stride);
     }
 }

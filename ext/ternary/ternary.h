@@ -121,8 +121,9 @@ int tern_matmul(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
                 const int8_t *x, int64_t x_stride, int64_t n,
                 int32_t *y, int64_t y_stride, int threads, int kernel);
 
-/* Per-token int8 quantization: s = 127 / max|x| (1 for an all-zero row),
- * q = clip(rint(x * s), -128, 127) with round-half-to-even, all in float32. */
+/* Per-token int8 quantization, the one rule of poppins_numerics.h (pp_quant_row_f32):
+ * s = 127 / max(max|x|, 1e-5), q = clip(rint(x * s), -128, 127) with round-half-to-even,
+ * all in float32. */
 void tern_quantize_rows(const float *x, int64_t x_stride, int64_t n, int64_t k,
                         int8_t *q, int64_t q_stride, float *scales, int threads);
 

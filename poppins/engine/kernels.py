@@ -215,7 +215,7 @@ def matmul_int(w, x: np.ndarray, *, threads: Optional[int] = None,
 def quantize_activations(x: np.ndarray, *, threads: Optional[int] = None
                          ) -> Tuple[np.ndarray, np.ndarray]:
     """Per-token int8 quantization (decisions.md): x float32 (k,) or (n, k) ->
-    (q int8 of the same shape, scales float32 (n,) or a 0-d array), s = 127 / max|x|."""
+    (q int8 of the same shape, scales float32 (n,) or a 0-d array), s = 127 / max(max|x|, 1e-5)."""
     x = np.asarray(x)
     if x.dtype != np.float32:
         raise TypeError(f"x must be float32, got {x.dtype}")

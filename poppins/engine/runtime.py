@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import PoppinsError
 from ..model.config import ModelConfig
-from ..model.model import rope_tables
+from ..numerics import rope_tables
 from ..threads import resolve_threads
 from . import kernels as TK
 from . import ops

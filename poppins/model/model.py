@@ -35,6 +35,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from ..errors import PoppinsError
+from ..numerics import rope_tables
 from ..threads import resolve_threads
 from . import kernels as K
 from .config import ModelConfig
@@ -55,14 +56,6 @@ def segment_starts(segments: Optional[np.ndarray], B: int, T: int) -> np.ndarray
     boundary[:, 1:] = seg[:, 1:] != seg[:, :-1]
     idx = np.where(boundary, np.arange(T, dtype=np.int32)[None, :], 0).astype(np.int32)
     return np.ascontiguousarray(np.maximum.accumulate(idx, axis=1), dtype=np.int32)
-
-
-def rope_tables(length: int, rot: int, theta: float, dtype) -> Tuple[np.ndarray, np.ndarray]:
-    """cos, sin of shape [length, rot/2]: angle t * theta^(-2i/rot)."""
-    inv = theta ** (-np.arange(0, rot, 2, dtype=np.float64) / rot)
-    ang = np.arange(length, dtype=np.float64)[:, None] * inv[None, :]
-    return (np.ascontiguousarray(np.cos(ang), dtype=dtype),
-            np.ascontiguousarray(np.sin(ang), dtype=dtype))
 
 
 def param_shapes(cfg: ModelConfig):
