@@ -45,11 +45,19 @@ static inline double pp_round_even_f64(double v) {
     return t - magic;
 }
 
+/* "#pragma omp simd ..." when OpenMP is on (a hint only: the results do not depend on it) */
+#ifdef _OPENMP
+#define PP_OMP_(x) _Pragma(#x)
+#define PP_OMP(x) PP_OMP_(omp x)
+#else
+#define PP_OMP(x)
+#endif
+
 #define PP_NUMERICS_DEFINE(R, S)                                                              \
     /* max_i |y[i]| (0 for d == 0) */                                                        \
     static inline R pp_absmax_##S(const R *y, int64_t d) {                                   \
         R m = 0;                                                                             \
-        _Pragma("omp simd reduction(max : m)")                                               \
+        PP_OMP(simd reduction(max : m))                                               \
         for (int64_t j = 0; j < d; j++) {                                                    \
             R a = y[j] < 0 ? -y[j] : y[j];                                                   \
             m = a > m ? a : m;                                                               \
@@ -70,27 +78,27 @@ static inline double pp_round_even_f64(double v) {
     /* int8 codes of one row; returns its scale s */                                         \
     static inline R pp_quant_row_##S(const R *y, int64_t d, int8_t *q) {                     \
         const R s = pp_quant_scale_##S(pp_absmax_##S(y, d));                                 \
-        _Pragma("omp simd")                                                                  \
+        PP_OMP(simd)                                                                  \
         for (int64_t j = 0; j < d; j++) q[j] = (int8_t)(int)pp_quant_code_##S(y[j], s);     \
         return s;                                                                            \
     }                                                                                        \
     /* quantize + dequantize one row in place: y = q / s (training's fake quantization) */    \
     static inline void pp_quant_dequant_row_##S(R *y, int64_t d) {                           \
         const R s = pp_quant_scale_##S(pp_absmax_##S(y, d));                                 \
-        _Pragma("omp simd")                                                                  \
+        PP_OMP(simd)                                                                  \
         for (int64_t j = 0; j < d; j++) y[j] = pp_quant_code_##S(y[j], s) / s;               \
     }                                                                                        \
     /* r = 1 / sqrt(mean(x^2) + eps), the mean in double */                                  \
     static inline R pp_rstd_##S(const R *x, int64_t d, double eps) {                         \
         double ss = 0;                                                                       \
-        _Pragma("omp simd reduction(+ : ss)")                                                \
+        PP_OMP(simd reduction(+ : ss))                                                \
         for (int64_t j = 0; j < d; j++) ss += (double)x[j] * (double)x[j];                   \
         return (R)(1.0 / sqrt(ss / (double)d + eps));                                        \
     }                                                                                        \
     /* y = (x * r) * g (y may be x); returns r */                                            \
     static inline R pp_rms_row_##S(const R *x, const R *g, int64_t d, double eps, R *y) {    \
         const R r = pp_rstd_##S(x, d, eps);                                                  \
-        _Pragma("omp simd")                                                                  \
+        PP_OMP(simd)                                                                  \
         for (int64_t j = 0; j < d; j++) y[j] = (x[j] * r) * g[j];                            \
         return r;                                                                            \
     }                                                                                        \
@@ -99,7 +107,7 @@ static inline double pp_round_even_f64(double v) {
     static inline void pp_rope_pairs_##S(R *a, R *b, const R *c, const R *s, int64_t half,   \
                                          int inverse) {                                      \
         const R sg = inverse ? (R)-1 : (R)1;                                                 \
-        _Pragma("omp simd")                                                                  \
+        PP_OMP(simd)                                                                  \
         for (int64_t j = 0; j < half; j++) {                                                 \
             R aa = a[j], bb = b[j], sn = sg * s[j];                                          \
             a[j] = aa * c[j] - bb * sn;                                                      \

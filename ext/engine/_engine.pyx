@@ -16,7 +16,20 @@ from libc.math cimport sqrt, expf
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.stdint cimport int8_t, uint16_t, int32_t, int64_t, uint64_t
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from engine_api cimport *
+
+include "poppins_cpu.pxi"
+
+# The ternary kernels are compiled once, into poppins._ternary: the decode step calls them
+# through its C API table (ext/ternary/ternary.h, tern_c_api).
+from poppins import _ternary as _tern_module
+
+if eng_set_ternary(PyCapsule_GetPointer(_tern_module._C_API, b"poppins._ternary._C_API")) != 0:
+    raise ImportError("poppins._ternary's C API has another version than poppins._engine's")
+
+#: ternary path id of the AVX-512 kernels (ext/ternary/ternary.h TERN_AVX512)
+cdef int TERN_AVX512_ID = _tern_module.kernel_id("avx512")
 
 eng_init()
 eng_step_init()  # CPU detection of the step's kernels, once, before any thread uses them
@@ -32,12 +45,17 @@ cdef inline int _nt(int threads, int64_t work) noexcept nogil:
 
 
 def build_info():
-    """openmp, the dot-product path ("kernel"), the paths available, and the matrix-vector
-    product of the decode step (its own AVX-512 VNNI kernel, else the ternary kernels)."""
+    """openmp, the dot-product path ("kernel"), the paths available, the CPU features each
+    compiled path needs ("needs"), and the matrix-vector product of the decode step (the
+    ternary module's best path, called through its C API)."""
+    needs = {}
+    for i in range(ENG_NKERNELS):
+        if eng_kernel_needs(i) >= 0:
+            needs[eng_kernel_name(i).decode()] = _feature_names(eng_kernel_needs(i))
     return {"openmp": bool(poppins_build_openmp()), "kernel": eng_kernel_name(eng_kernel()).decode(),
             "available": [eng_kernel_name(i).decode() for i in range(ENG_NKERNELS)
-                          if eng_kernel_available(i)],
-            "decode_matvec": "avx512vnni" if eng_matvec_avx512_ok() else "ternary"}
+                          if eng_kernel_available(i)], "needs": needs,
+            "decode_matvec": "ternary " + _tern_module.best_kernel()}
 
 
 def set_kernel(str name):
@@ -607,28 +625,29 @@ cdef class DecodeSession:
 
 
 def decode_matvec_available():
-    """True when the decode step's own AVX-512 VNNI matrix-vector product runs here."""
-    return bool(eng_matvec_avx512_ok())
+    """True when the AVX-512 VNNI decode matrix-vector product (ternary path avx512) runs here."""
+    return TERN_AVX512_ID >= 0 and bool(eng_tern_available(TERN_AVX512_ID))
 
 
 def decode_matvec(const uint8_t[:, ::1] w, int64_t k, const int8_t[::1] x, int32_t[::1] y,
                   int reps=1):
     """y = t @ x with the decode step's AVX-512 VNNI kernel (b256 rows of w, k weights per
-    row); x is zero-padded internally.  ``reps`` repeats the product (for timing)."""
+    row), called as the step does (through the ternary C API); x is zero-padded internally.
+    ``reps`` repeats the product (for timing)."""
     cdef int64_t m = w.shape[0], nb = (k + 255) // 256, i
-    cdef int32_t xsum = 0
-    if not eng_matvec_avx512_ok():
+    cdef int rc = 0
+    if not decode_matvec_available():
         raise RuntimeError("the AVX-512 VNNI decode kernel is not available here")
     if x.shape[0] != k or y.shape[0] != m or w.shape[1] < nb * 64:
         raise ValueError("decode_matvec: shape mismatch")
     xp = np.zeros(max(nb * 256, 1), np.int8)
     xp[:k] = np.asarray(x)
     cdef const int8_t[::1] xv = xp
-    for i in range(k):
-        xsum += x[i]
     if m == 0 or k == 0:
         y[:] = 0
         return
     with nogil:
         for i in range(reps):
-            ENG_MV512(&w[0, 0], w.shape[1], m, nb, &xv[0], xsum, &y[0])
+            rc = eng_tern_matvec(&w[0, 0], w.shape[1], m, k, &xv[0], &y[0], TERN_AVX512_ID)
+    if rc != 0:
+        raise ValueError(f"decode_matvec: ternary kernel error {rc}")

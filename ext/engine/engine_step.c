@@ -27,6 +27,10 @@
 #include "engine.h"
 #include "engine_step.h"
 
+/* The ternary kernels are compiled once, into poppins._ternary; the step calls them through
+ * its C API table (set by poppins._engine at import from the capsule poppins._ternary._C_API). */
+static const tern_c_api *g_tern = NULL;
+
 /* A sense-reversing barrier for the threads of one step: spin briefly (on an idle machine
  * the other thread is a few microseconds away), then sleep in the kernel (Linux futex; on a
  * busy machine the thread we wait for needs the core).  OpenMP's own barrier sleeps at once
@@ -225,16 +229,7 @@ static void linear_part(const eng_tern *w, const int8_t *x, float xs, int32_t *a
     const int64_t a = chunks * tid / nt, b = chunks * (tid + 1) / nt;
     const int64_t r0 = a * 16, r1 = b * 16 < w->m ? b * 16 : w->m;
     if (r0 >= r1) return;
-#ifdef POPPINS_HAVE_AVX512
-    if ((kernel < 0 || kernel == TERN_AVX512) && eng_matvec_avx512_ok()) {
-        int32_t xsum = 0;
-        for (int64_t i = 0; i < w->k; i++) xsum += x[i];
-        eng_matvec_avx512(w->w + r0 * w->stride, w->stride, r1 - r0, (w->k + 255) / 256, x,
-                          xsum, acc + r0);
-    } else
-#endif
-    tern_matmul(w->w + r0 * w->stride, w->stride, r1 - r0, w->k, x, w->k, 1, acc + r0,
-                w->m, 1, kernel);
+    g_tern->matvec_padded(w->w + r0 * w->stride, w->stride, r1 - r0, w->k, x, acc + r0, kernel);
     const float f = w->scale / xs;
     if (accumulate)
         for (int64_t r = r0; r < r1; r++) out[r] = out[r] + (float)acc[r] * f;
@@ -363,17 +358,34 @@ static void step_body(const eng_model *M, eng_session *S, int32_t token, int64_t
     }
 }
 
+int eng_set_ternary(const void *api)
+{
+    const tern_c_api *t = (const tern_c_api *)api;
+    if (!t || t->version != TERN_C_API_VERSION) return -1;
+    g_tern = t;
+    return 0;
+}
+
 void eng_step_init(void)
 {
-    tern_init();
+    if (g_tern) g_tern->init();
     eng_init();
-    (void)eng_matvec_avx512_ok();
+}
+
+int eng_tern_available(int kernel) { return g_tern && g_tern->kernel_available(kernel); }
+
+const char *eng_tern_kernel_name(int kernel) { return g_tern ? g_tern->kernel_name(kernel) : NULL; }
+
+int eng_tern_matvec(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k, const int8_t *x,
+                    int32_t *y, int kernel)
+{
+    return g_tern ? g_tern->matvec_padded(w, w_stride, m, k, x, y, kernel) : -1;
 }
 
 int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
                     float *logits, int threads)
 {
-    if (!M || !S || pos < 0 || pos >= S->ctx || pos >= M->rope_rows || token < 0 ||
+    if (!g_tern || !M || !S || pos < 0 || pos >= S->ctx || pos >= M->rope_rows || token < 0 ||
         token >= M->vocab)
         return -1;
     int nt = poppins_threads(threads);

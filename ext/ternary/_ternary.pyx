@@ -7,7 +7,10 @@ are in poppins.engine.reference.  Kernel ids: 0 scalar, 1 avx2, 2 avx512, 3 neon
 -1 means the best path for this CPU.
 """
 from libc.stdint cimport int8_t, uint8_t, int32_t, int64_t
+from cpython.pycapsule cimport PyCapsule_New
 from ternary_api cimport *
+
+include "poppins_cpu.pxi"
 
 BLOCK = TERN_BLOCK
 BLOCK_BYTES = TERN_BLOCK_BYTES
@@ -16,6 +19,10 @@ LAYOUT = "b256"
 LAYOUT_VERSION = TERN_LAYOUT_VERSION
 
 tern_init()  # detect CPU features once, at import
+
+#: The C API (ternary.h, tern_c_api) for other extension modules: the kernels are compiled
+#: once, here; poppins._engine calls them through this table.
+_C_API = PyCapsule_New(<void *>tern_get_c_api(), TERN_C_API_CAPSULE, NULL)
 
 _default_kernel = tern_best_kernel()
 
@@ -61,10 +68,16 @@ def default_kernel():
 
 
 def build_info():
+    """openmp, the default path ("kernel"), the runnable paths, the layout, and the CPU
+    features each compiled path needs ("needs", checked by its dispatcher)."""
+    needs = {}
+    for i in range(TERN_NKERNELS):
+        if tern_kernel_needs(i) >= 0:
+            needs[tern_kernel_name(i).decode()] = _feature_names(tern_kernel_needs(i))
     return {"openmp": bool(poppins_build_openmp()),
             "kernel": tern_kernel_name(_default_kernel).decode(),
             "available": available(),
-            "layout": f"b256 v{TERN_LAYOUT_VERSION}"}
+            "layout": f"b256 v{TERN_LAYOUT_VERSION}", "needs": needs}
 
 
 def row_bytes(int64_t k):
