@@ -42,6 +42,8 @@ COMMON_INCLUDE = EXT_DIR / "common"
 
 #: The one table of features, flags and units (read without importing the package).
 ISA = runpy.run_path(str(ROOT / "poppins" / "_isa.py"))
+#: The "go parallel" cut-off of element-wise work, defined beside the thread count.
+PAR_MIN_ELEMENTS = runpy.run_path(str(ROOT / "poppins" / "threads.py"))["PARALLEL_MIN_ELEMENTS"]
 
 
 def _probe_flags(isa: str) -> list[str]:
@@ -115,7 +117,8 @@ class PoppinsBuildExt(build_ext):
     def build_extension(self, ext: Extension):
         base = ["-O3", "-std=c11", "-fno-strict-aliasing", "-Wno-unused-function"]
         omp = ["-fopenmp"] if self.openmp else []
-        macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                  ("POPPINS_PAR_MIN_ELEMENTS", str(int(PAR_MIN_ELEMENTS)))]
         if self.openmp:
             macros.append(("POPPINS_OPENMP", "1"))
         objects = []
@@ -168,7 +171,7 @@ def _extensions() -> list[Extension]:
                           numpy.get_include()],
             depends=[str(p.relative_to(ROOT)) for p in family.glob("*.h")]
             + [str(p.relative_to(ROOT)) for p in COMMON_INCLUDE.glob("*.h")] + simd
-            + [str(ROOT / "poppins" / "_isa.py")],
+            + [str(ROOT / "poppins" / "_isa.py"), str(ROOT / "poppins" / "threads.py")],
         )
         ext.simd_sources = simd
         exts.append(ext)

@@ -116,3 +116,15 @@ def test_flags_enable_exactly_the_checked_features(unit):
         table = ARM_MACROS
     got = {f for m, f in table.items() if m in _macros(cc, _isa.unit_flags(fam, isa))}
     assert got == feats, f"{fam}/{isa}: flags enable {sorted(got)}, dispatcher checks {sorted(feats)}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parallel_cutoff_is_the_one_of_threads_py(family):
+    """The C code's "go parallel" cut-off is poppins/threads.py's (setup.py passes it)."""
+    from poppins import threads
+
+    assert _compiled(family).build_info()["par_min_elements"] == threads.PARALLEL_MIN_ELEMENTS
+    text = "".join(p.read_text() for fam in FAMILIES for p in (ROOT / "ext" / fam).glob("*.[ch]"))
+    text += "".join(p.read_text() for fam in FAMILIES for p in (ROOT / "ext" / fam).glob("*.pyx"))
+    for literal in ("1 << 15", "1 << 18", "1 << 20", "32768"):
+        assert literal not in text, f"a parallel cut-off literal {literal!r} is back in ext/"

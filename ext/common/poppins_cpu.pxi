@@ -1,5 +1,8 @@
 # The one CPU check (ext/common/poppins_cpu.h), seen from Cython: included by every kernel
 # module that dispatches SIMD paths, so each reports the same names.
+cdef extern from "poppins_common.h" nogil:
+    long long poppins_par_min_elements()
+
 cdef extern from "poppins_cpu.h" nogil:
     unsigned pp_cpu_features()
     const char *pp_cpu_feature_name(int i)

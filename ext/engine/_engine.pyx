@@ -34,8 +34,13 @@ cdef int TERN_AVX512_ID = _tern_module.kernel_id("avx512")
 eng_init()
 eng_step_init()  # CPU detection of the step's kernels, once, before any thread uses them
 
-#: below this many elements of work an op runs on one thread
-cdef int64_t MIN_PAR = 1 << 15
+cdef extern from "poppins_common.h" nogil:
+    long long PP_PAR_MIN_ELEMENTS
+    long long poppins_par_min_elements()
+
+#: below this many elements of work an op runs on one thread (poppins/threads.py
+#: PARALLEL_MIN_ELEMENTS, passed to the C code by setup.py)
+cdef int64_t MIN_PAR = PP_PAR_MIN_ELEMENTS
 
 
 cdef inline int _nt(int threads, int64_t work) noexcept nogil:
@@ -55,6 +60,7 @@ def build_info():
     return {"openmp": bool(poppins_build_openmp()), "kernel": eng_kernel_name(eng_kernel()).decode(),
             "available": [eng_kernel_name(i).decode() for i in range(ENG_NKERNELS)
                           if eng_kernel_available(i)], "needs": needs,
+            "par_min_elements": poppins_par_min_elements(),
             "decode_matvec": "ternary " + _tern_module.best_kernel()}
 
 

@@ -29,7 +29,8 @@ def build_info():
     return {"openmp": bool(poppins_build_openmp()), "kernel": pp_ops().name.decode(),
             "gemm": "blas-split" if pp_gemm_ready() else "numpy",
             "attention": "blas-blocks" if pp_attn_blas_active() else "loops",
-            "available": pp_ops_available().decode().split(","), "needs": needs}
+            "available": pp_ops_available().decode().split(","), "needs": needs,
+            "par_min_elements": poppins_par_min_elements()}
 
 
 def set_kernel(str name):

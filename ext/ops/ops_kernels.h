@@ -48,10 +48,10 @@ static inline float pp_sqrt_f32(float x) { return sqrtf(x); }
 static inline float pp_abs_f32(float x) { return fabsf(x); }
 static inline double pp_abs_f64(double x) { return fabs(x); }
 static inline double pp_sqrt_f64(double x) { return sqrt(x); }
-/* Parallel regions only pay off above ~32k elements of work; below, run on one thread
- * (the result does not depend on it except for the documented reduction order). */
-#define PP_MIN_PAR 32768L
-#define PP_PAR_IF(nt, work) num_threads(poppins_threads(nt)) if ((long)(work) >= PP_MIN_PAR)
+/* Parallel regions only pay off above PP_PAR_MIN_ELEMENTS (poppins_common.h, from
+ * poppins/threads.py) elements of work; below, run on one thread (the result does not depend
+ * on it except for the documented reduction order). */
+#define PP_PAR_IF(nt, work) num_threads(poppins_threads(nt)) if ((long long)(work) >= PP_PAR_MIN_ELEMENTS)
 static inline int pp_tid(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();

@@ -77,7 +77,8 @@ def build_info():
     return {"openmp": bool(poppins_build_openmp()),
             "kernel": tern_kernel_name(_default_kernel).decode(),
             "available": available(),
-            "layout": f"b256 v{TERN_LAYOUT_VERSION}", "needs": needs}
+            "layout": f"b256 v{TERN_LAYOUT_VERSION}", "needs": needs,
+            "par_min_elements": poppins_par_min_elements()}
 
 
 def row_bytes(int64_t k):

@@ -112,7 +112,7 @@ int64_t tern_repack_rows(const uint8_t *src, int64_t src_stride, int64_t m, int6
     int nt = poppins_threads(threads);
     (void)nt;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : invalid) if (m * k > (1 << 20))
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : invalid) if (m * k >= PP_PAR_MIN_ELEMENTS)
 #endif
     for (int64_t r = 0; r < m; r++) {
         const uint8_t *s = src + r * src_stride;
@@ -222,7 +222,7 @@ void tern_quantize_rows(const float *x, int64_t x_stride, int64_t n, int64_t k,
     int nt = poppins_threads(threads);
     (void)nt;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (n * k > (1 << 18))
+#pragma omp parallel for schedule(static) num_threads(nt) if (n * k >= PP_PAR_MIN_ELEMENTS)
 #endif
     for (int64_t r = 0; r < n; r++) {
         scales[r] = pp_quant_row_f32(x + r * x_stride, k, q + r * q_stride);

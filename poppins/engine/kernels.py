@@ -28,7 +28,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..native import KERNEL_PATHS
-from ..threads import resolve_threads
+from ..threads import PARALLEL_MIN_MACS, resolve_threads
 from . import reference
 from .packing import TernaryTensor, pack_codes
 
@@ -39,8 +39,9 @@ LAYOUT = "b256"
 LAYOUT_VERSION = 1
 
 #: products with fewer multiply-adds (m * k * n) than this run on one thread: waking sleeping
-#: (passive) OpenMP workers costs ~5-20 us, more than a small matrix-vector product takes.
-PARALLEL_MIN_WORK = 1 << 22
+#: (passive) OpenMP workers costs ~5-20 us, more than a small matrix-vector product takes
+#: (poppins.threads holds the one definition).
+PARALLEL_MIN_WORK = PARALLEL_MIN_MACS
 
 _backend_mod = None
 
