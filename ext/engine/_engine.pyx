@@ -425,6 +425,10 @@ cdef void _tern(eng_tern *t, w, list keep) except *:
     t.scale = <float>w.scale
 
 
+#: attention name (ModelConfig.attention) -> the C enum eng_attention (engine_step.h)
+_ATTENTION = {"mha": ENG_ATTN_MHA, "mla": ENG_ATTN_MLA}
+
+
 cdef class DecodePlan:
     """The weights of a poppins.engine.runtime.Engine as C pointers for eng_decode_step()
     (the Engine's arrays are kept alive by this object)."""
@@ -441,12 +445,13 @@ cdef class DecodePlan:
         memset(self.L, 0, cfg.layers * sizeof(eng_layer))
         cdef eng_model *M = &self.M
         cdef eng_layer *Lc
-        M.mla = 1 if cfg.attention == "mla" else 0
+        M.attention = _ATTENTION[cfg.attention]
+        mla = M.attention == ENG_ATTN_MLA
         M.dim, M.layers, M.heads = cfg.dim, cfg.layers, cfg.heads
         M.kv_heads, M.head_dim, M.hidden = cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim
-        M.kvl = cfg.kv_latent if M.mla else 0
-        M.rope = cfg.rope_width if M.mla else 0
-        M.qlat = (cfg.q_latent_dim or 0) if M.mla else 0
+        M.kvl = cfg.kv_latent if mla else 0
+        M.rope = cfg.rope_width if mla else 0
+        M.qlat = (cfg.q_latent_dim or 0) if mla else 0
         M.vocab = cfg.vocab_size
         M.eps = cfg.norm_eps
         keep = self.keep

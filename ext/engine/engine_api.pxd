@@ -19,6 +19,8 @@ cdef extern from "poppins_common.h" nogil:
     int poppins_build_openmp()
 
 cdef extern from "engine_step.h" nogil:
+    int ENG_ATTN_MHA
+    int ENG_ATTN_MLA
     ctypedef struct eng_tern:
         const uint8_t *w
         int64_t stride, m, k
@@ -32,7 +34,7 @@ cdef extern from "engine_step.h" nogil:
         const float *wkv_b
         float wkv_b_scale
     ctypedef struct eng_model:
-        int mla
+        int attention
         int64_t dim, layers, heads, kv_heads, head_dim, hidden, kvl, rope, qlat, vocab
         double eps
         const float *cos

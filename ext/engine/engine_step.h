@@ -30,8 +30,12 @@ typedef struct {
     float wkv_b_scale;
 } eng_layer;
 
+/* The attention types of the decode step (one unit each in engine_step.c; attn_unit() is the
+ * one switch over them). */
+typedef enum { ENG_ATTN_MHA = 0, ENG_ATTN_MLA = 1 } eng_attention;
+
 typedef struct {
-    int mla;
+    int attention;            /* eng_attention */
     int64_t dim, layers, heads, kv_heads, head_dim, hidden, kvl, rope, qlat, vocab;
     double eps;
     const float *cos, *sin;   /* [model context, rot/2] */
