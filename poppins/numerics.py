@@ -52,12 +52,11 @@ def act_quant_codes(y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def act_quant_dequant(y: np.ndarray) -> np.ndarray:
-    """Per-row absmax int8 quantize + dequantize (``q / s``, in y's dtype): the training Qa."""
+    """Per-row absmax int8 quantize + dequantize (``q / s``, in y's dtype): the training Qa,
+    the same codes and scales as :func:`act_quant_codes` (float32 or float64)."""
     y = np.asarray(y)
-    dt = y.dtype
-    m = np.maximum(np.max(np.abs(y), axis=-1, keepdims=True), dt.type(QUANT_EPS))
-    s = (dt.type(127.0) / m).astype(dt)
-    return (np.clip(np.rint(y * s), -128, 127) / s).astype(dt)
+    q, s = act_quant_codes(y)
+    return (q.astype(s.dtype) / s[..., None]).astype(s.dtype)
 
 
 def rms_rstd(x: np.ndarray, eps: float) -> np.ndarray:
