@@ -3,12 +3,13 @@
 Every kernel family lives in its own folder under ``ext/`` and is built as one extension
 module: ``ext/<family>/_<name>.pyx`` becomes ``poppins._<name>``, linked with every plain
 ``*.c`` file of that folder.  SIMD variants live in their own translation units and are
-compiled with their own flags only (never ``-march=native`` for the whole build):
-
-    *_avx2.c      -mavx2 -mfma -mf16c
-    *_avx512.c    -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni ...
-    *_neon.c      (aarch64: nothing extra; 32-bit ARM: -mfpu=neon)
-    *_neondot.c   -march=armv8.2-a+dotprod
+compiled with their own flags only (never a native-CPU flag for the whole build).  The
+flags come from ONE table, ``poppins/_isa.py``: ``UNITS[(family, isa)]`` lists the CPU
+features a unit ``ext/<family>/*_<isa>.c`` may use; the unit is compiled with exactly the
+flags of those features, and the extension gets ``-DPOPPINS_NEED_<ISA>=<mask>`` (the same
+list as a bitmask), which its dispatcher checks with ``pp_cpu_has()`` (ext/common/
+poppins_cpu.h) before choosing the unit.  ggml's rule: a binary never executes an
+instruction the CPU lacks.
 
 A variant is compiled only when the compiler accepts its flags (probed once), and the
 extension then gets ``-DPOPPINS_HAVE_<ISA>=1`` so its dispatcher knows the variant exists;
@@ -24,6 +25,7 @@ references when an extension cannot be imported at all.
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -38,13 +40,20 @@ ROOT = Path(__file__).resolve().parent
 EXT_DIR = ROOT / "ext"
 COMMON_INCLUDE = EXT_DIR / "common"
 
-ISA_FLAGS = {
-    "avx2": ["-mavx2", "-mfma", "-mf16c"],
-    "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
-               "-mavx512dq", "-mavx512vnni"],
-    "neon": [],
-    "neondot": ["-march=armv8.2-a+dotprod"],
-}
+#: The one table of features, flags and units (read without importing the package).
+ISA = runpy.run_path(str(ROOT / "poppins" / "_isa.py"))
+#: The "go parallel" cut-off of element-wise work, defined beside the thread count.
+PAR_MIN_ELEMENTS = runpy.run_path(str(ROOT / "poppins" / "threads.py"))["PARALLEL_MIN_ELEMENTS"]
+
+
+def _probe_flags(isa: str) -> list[str]:
+    """The union of the flags of every unit of one ISA (the compiler must accept them all)."""
+    out: list[str] = []
+    for (_family, i), _need in ISA["UNITS"].items():
+        if i == isa:
+            out += [f for f in ISA["unit_flags"](_family, i) if f not in out]
+    return out
+
 # A tiny program per ISA: it compiles only when the compiler can target that ISA.
 ISA_PROBES = {
     "avx2": "#include <immintrin.h>\nint main(void){__m256i a=_mm256_set1_epi8(1);"
@@ -93,13 +102,13 @@ class PoppinsBuildExt(build_ext):
             OPENMP_PROBE, ["-fopenmp"], link=True)
         self.isas = [isa for isa, src in ISA_PROBES.items()
                      if not _truthy(f"POPPINS_NO_{isa.upper()}")
-                     and self._try_compile(src, self._isa_flags(isa))]
+                     and self._try_compile(src, self._isa_flags(_probe_flags(isa), isa))]
         print(f"poppins build: openmp={'on' if self.openmp else 'off'} "
               f"simd={','.join(self.isas) or 'none'}")
         super().build_extensions()
 
-    def _isa_flags(self, isa: str) -> list[str]:
-        flags = list(ISA_FLAGS[isa])
+    def _isa_flags(self, flags: list[str], isa: str = "") -> list[str]:
+        flags = list(flags)
         if isa == "neon" and sysconfig.get_platform().startswith(("linux-armv7", "linux-arm")) \
                 and "aarch64" not in sysconfig.get_platform():
             flags += ["-mfpu=neon"]
@@ -108,7 +117,8 @@ class PoppinsBuildExt(build_ext):
     def build_extension(self, ext: Extension):
         base = ["-O3", "-std=c11", "-fno-strict-aliasing", "-Wno-unused-function"]
         omp = ["-fopenmp"] if self.openmp else []
-        macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                  ("POPPINS_PAR_MIN_ELEMENTS", str(int(PAR_MIN_ELEMENTS)))]
         if self.openmp:
             macros.append(("POPPINS_OPENMP", "1"))
         objects = []
@@ -117,11 +127,15 @@ class PoppinsBuildExt(build_ext):
             isa = _isa_of(src)
             if isa not in self.isas:
                 continue
-            macros.append((f"POPPINS_HAVE_{isa.upper()}", "1"))
+            family = Path(src).parent.name
+            need = (f"POPPINS_NEED_{isa.upper()}", hex(ISA["mask"](ISA["UNITS"][(family, isa)])))
+            for m in (("POPPINS_HAVE_" + isa.upper(), "1"), need):
+                if m not in macros:
+                    macros.append(m)
             objects += self.compiler.compile(
                 [src], output_dir=str(tmp_dir), include_dirs=ext.include_dirs,
                 macros=[m for m in macros if not m[0].startswith("POPPINS_HAVE_")],
-                extra_postargs=base + omp + self._isa_flags(isa))
+                extra_postargs=base + omp + self._isa_flags(ISA["unit_flags"](family, isa), isa))
         ext.define_macros = list(ext.define_macros) + macros
         ext.extra_compile_args = base + omp
         ext.extra_link_args = omp
@@ -156,7 +170,8 @@ def _extensions() -> list[Extension]:
             include_dirs=[str(family.relative_to(ROOT)), str(COMMON_INCLUDE.relative_to(ROOT)),
                           numpy.get_include()],
             depends=[str(p.relative_to(ROOT)) for p in family.glob("*.h")]
-            + [str(p.relative_to(ROOT)) for p in COMMON_INCLUDE.glob("*.h")] + simd,
+            + [str(p.relative_to(ROOT)) for p in COMMON_INCLUDE.glob("*.h")] + simd
+            + [str(ROOT / "poppins" / "_isa.py"), str(ROOT / "poppins" / "threads.py")],
         )
         ext.simd_sources = simd
         exts.append(ext)
@@ -168,6 +183,7 @@ def _extensions() -> list[Extension]:
     out = cythonize(
         exts,
         build_dir="build/cython",
+        include_path=[str(COMMON_INCLUDE)],
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
                              "cdivision": True, "initializedcheck": False},
         quiet=True,

@@ -49,6 +49,19 @@ def default_threads() -> int:
     return physical_cores()
 
 
+# --------------------------------------------------------------------------- "go parallel" cut-offs
+# The one definition of when work is worth more than one thread: below these sizes a kernel
+# runs on one thread, because waking sleeping (OMP_WAIT_POLICY=PASSIVE) OpenMP workers costs
+# ~5-20 us, more than small work takes.  setup.py passes PARALLEL_MIN_ELEMENTS to the C code as
+# POPPINS_PAR_MIN_ELEMENTS (ext/common/poppins_common.h: PP_PAR_MIN_ELEMENTS), and every
+# compiled module reports the value it was built with (build_info()["par_min_elements"]).
+
+#: element-wise kernels (quantize, RMSNorm, RoPE, softmax rows, repacking ...): elements touched
+PARALLEL_MIN_ELEMENTS = 1 << 15
+#: ternary matrix products (poppins.engine.kernels, the runtime's prefill): multiply-adds m*k*n
+PARALLEL_MIN_MACS = 1 << 18
+
+
 def resolve_threads(requested: "int | None") -> int:
     """A user's ``-t`` value (None or <= 0 means the default) -> a positive thread count."""
     if requested is None or requested <= 0:

@@ -95,18 +95,27 @@ rm -rf "$BUILD" "$SITE"
 mkdir -p "$BUILD" "$SITE"
 (cd "$ROOT" && "$PY_HOST" -m cython -3 --module-name poppins._ternary \
     -X boundscheck=False -X wraparound=False -X cdivision=True -X initializedcheck=False \
-    -I ext/ternary -o "$BUILD/_ternary.c" ext/ternary/_ternary.pyx)
+    -I ext/ternary -I ext/common -o "$BUILD/_ternary.c" ext/ternary/_ternary.pyx)
+# flags and feature masks of the SIMD units come from the one table, poppins/_isa.py (as in setup.py)
+isa() { "$PY_HOST" -c "import runpy, sys; t = runpy.run_path('$ROOT/poppins/_isa.py'); print($1)"; }
+NEED_NEON=$(isa "hex(t['mask'](t['UNITS'][('ternary', 'neon')]))")
+NEED_NEONDOT=$(isa "hex(t['mask'](t['UNITS'][('ternary', 'neondot')]))")
+read -r -a NEON_FLAGS <<< "$(isa "' '.join(t['unit_flags']('ternary', 'neon'))")"
+read -r -a NEONDOT_FLAGS <<< "$(isa "' '.join(t['unit_flags']('ternary', 'neondot'))")"
 CC=aarch64-linux-gnu-gcc
 INC=(-I"$ROOT/ext/ternary" -I"$ROOT/ext/common" -I"$SYS/usr/include/python3.11"
      -I"$SYS/usr/include/aarch64-linux-gnu/python3.11" -idirafter "$SYS/usr/include")
 BASE=(-O3 -std=c11 -fPIC -fno-strict-aliasing -fwrapv -Wall -Wno-unused-function -fopenmp -DNDEBUG
       -DPOPPINS_OPENMP=1)
-HAVE=(-DPOPPINS_HAVE_NEON=1 -DPOPPINS_HAVE_NEONDOT=1)
+PAR_MIN=$("$PY_HOST" -c "import runpy; print(runpy.run_path('$ROOT/poppins/threads.py')['PARALLEL_MIN_ELEMENTS'])")
+HAVE=(-DPOPPINS_PAR_MIN_ELEMENTS="$PAR_MIN" -DPOPPINS_HAVE_NEON=1 -DPOPPINS_HAVE_NEONDOT=1 -DPOPPINS_NEED_NEON="$NEED_NEON"
+      -DPOPPINS_NEED_NEONDOT="$NEED_NEONDOT")
 $CC "${BASE[@]}" "${HAVE[@]}" "${INC[@]}" -Wno-unused-variable -c "$BUILD/_ternary.c" -o "$BUILD/_ternary.o"
 $CC "${BASE[@]}" "${HAVE[@]}" "${INC[@]}" -c "$ROOT/ext/ternary/dispatch.c" -o "$BUILD/dispatch.o"
 $CC "${BASE[@]}" "${HAVE[@]}" "${INC[@]}" -c "$ROOT/ext/ternary/ternary_scalar.c" -o "$BUILD/ternary_scalar.o"
-$CC "${BASE[@]}" "${INC[@]}" -c "$ROOT/ext/ternary/ternary_neon.c" -o "$BUILD/ternary_neon.o"
-$CC "${BASE[@]}" "${INC[@]}" -march=armv8.2-a+dotprod -c "$ROOT/ext/ternary/ternary_neondot.c" \
+$CC "${BASE[@]}" "${INC[@]}" ${NEON_FLAGS[@]+"${NEON_FLAGS[@]}"} -c "$ROOT/ext/ternary/ternary_neon.c" \
+    -o "$BUILD/ternary_neon.o"
+$CC "${BASE[@]}" "${INC[@]}" "${NEONDOT_FLAGS[@]}" -c "$ROOT/ext/ternary/ternary_neondot.c" \
     -o "$BUILD/ternary_neondot.o"
 mkdir -p "$SITE/poppins"
 (cd "$ROOT" && tar cf - --exclude='__pycache__' --exclude='*.so' --exclude='*.pyc' poppins) | tar xf - -C "$SITE"
@@ -123,10 +132,11 @@ log "32-bit ARM compile check (arm-linux-gnueabihf, with and without NEON)"
 CC32=arm-linux-gnueabihf-gcc
 for f in dispatch ternary_scalar ternary_neon ternary_neondot; do
     $CC32 -O2 -std=c11 -fPIC -Wall -Wno-unused-function -fopenmp -mfpu=neon -mfloat-abi=hard \
-        -DPOPPINS_HAVE_NEON=1 -I"$ROOT/ext/ternary" -I"$ROOT/ext/common" \
+        -DPOPPINS_PAR_MIN_ELEMENTS="$PAR_MIN" -DPOPPINS_HAVE_NEON=1 -DPOPPINS_NEED_NEON="$NEED_NEON" \
+        -I"$ROOT/ext/ternary" -I"$ROOT/ext/common" \
         -c "$ROOT/ext/ternary/$f.c" -o "$BUILD/arm32_$f.o"
     $CC32 -O2 -std=c11 -fPIC -Wall -Wno-unused-function -mfpu=vfpv3-d16 -mfloat-abi=hard \
-        -I"$ROOT/ext/ternary" -I"$ROOT/ext/common" -c "$ROOT/ext/ternary/$f.c" -o "$BUILD/arm32_nosimd_$f.o"
+        -DPOPPINS_PAR_MIN_ELEMENTS="$PAR_MIN" -I"$ROOT/ext/ternary" -I"$ROOT/ext/common" -c "$ROOT/ext/ternary/$f.c" -o "$BUILD/arm32_nosimd_$f.o"
 done
 arm-linux-gnueabihf-nm "$BUILD/arm32_ternary_neon.o" | grep -q " T tern_rows_neon" \
     || { echo "test-arm: 32-bit NEON build lacks tern_rows_neon"; exit 1; }

@@ -17,6 +17,16 @@ static inline int poppins_build_openmp(void) {
 #endif
 }
 
+/* The "go parallel" cut-off of element-wise work (elements touched): the one definition is
+ * PARALLEL_MIN_ELEMENTS in poppins/threads.py, which setup.py passes as
+ * POPPINS_PAR_MIN_ELEMENTS.  Below it a kernel runs on one thread (waking sleeping OpenMP
+ * workers costs more than small work takes). */
+#ifdef POPPINS_PAR_MIN_ELEMENTS /* (a build without it cannot use PP_PAR_MIN_ELEMENTS) */
+#define PP_PAR_MIN_ELEMENTS ((long long)(POPPINS_PAR_MIN_ELEMENTS))
+
+static inline long long poppins_par_min_elements(void) { return PP_PAR_MIN_ELEMENTS; }
+#endif
+
 /* Clamp a requested thread count to something sane (>= 1). Kernels take the count as an
  * explicit argument decided by poppins.threads; they never read the environment. */
 static inline int poppins_threads(int requested) {

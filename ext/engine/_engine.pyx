@@ -6,22 +6,41 @@ and MLA's absorbed latent attention), the output head (f32 / f16 / int8) and the
 Same names and signatures as the NumPy references in poppins/engine/ops_ref.py (see there for
 what each computes); every op releases the GIL and splits its work over ``threads`` OpenMP
 threads when it is large enough.  Float arrays are float32 with contiguous rows (any row
-stride); the quantizer is decisions.md's (s = 127 / max|y| in float32, round half to even).
+stride); the quantizer, RMSNorm and RoPE are the one C copy of ext/common/poppins_numerics.h
+(s = 127 / max(max|y|, 1e-5) in float32, round half to even; reference poppins/numerics.py).
 """
 import numpy as np
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, expf, nearbyintf, fabsf, isinf
+from libc.math cimport sqrt, expf
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.stdint cimport int8_t, uint16_t, int32_t, int64_t, uint64_t
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from engine_api cimport *
+
+include "poppins_cpu.pxi"
+
+# The ternary kernels are compiled once, into poppins._ternary: the decode step calls them
+# through its C API table (ext/ternary/ternary.h, tern_c_api).
+from poppins import _ternary as _tern_module
+
+if eng_set_ternary(PyCapsule_GetPointer(_tern_module._C_API, b"poppins._ternary._C_API")) != 0:
+    raise ImportError("poppins._ternary's C API has another version than poppins._engine's")
+
+#: ternary path id of the AVX-512 kernels (ext/ternary/ternary.h TERN_AVX512)
+cdef int TERN_AVX512_ID = _tern_module.kernel_id("avx512")
 
 eng_init()
 eng_step_init()  # CPU detection of the step's kernels, once, before any thread uses them
 
-#: below this many elements of work an op runs on one thread
-cdef int64_t MIN_PAR = 1 << 15
+cdef extern from "poppins_common.h" nogil:
+    long long PP_PAR_MIN_ELEMENTS
+    long long poppins_par_min_elements()
+
+#: below this many elements of work an op runs on one thread (poppins/threads.py
+#: PARALLEL_MIN_ELEMENTS, passed to the C code by setup.py)
+cdef int64_t MIN_PAR = PP_PAR_MIN_ELEMENTS
 
 
 cdef inline int _nt(int threads, int64_t work) noexcept nogil:
@@ -31,12 +50,18 @@ cdef inline int _nt(int threads, int64_t work) noexcept nogil:
 
 
 def build_info():
-    """openmp, the dot-product path ("kernel"), the paths available, and the matrix-vector
-    product of the decode step (its own AVX-512 VNNI kernel, else the ternary kernels)."""
+    """openmp, the dot-product path ("kernel"), the paths available, the CPU features each
+    compiled path needs ("needs"), and the matrix-vector product of the decode step (the
+    ternary module's best path, called through its C API)."""
+    needs = {}
+    for i in range(ENG_NKERNELS):
+        if eng_kernel_needs(i) >= 0:
+            needs[eng_kernel_name(i).decode()] = _feature_names(eng_kernel_needs(i))
     return {"openmp": bool(poppins_build_openmp()), "kernel": eng_kernel_name(eng_kernel()).decode(),
             "available": [eng_kernel_name(i).decode() for i in range(ENG_NKERNELS)
-                          if eng_kernel_available(i)],
-            "decode_matvec": "avx512vnni" if eng_matvec_avx512_ok() else "ternary"}
+                          if eng_kernel_available(i)], "needs": needs,
+            "par_min_elements": poppins_par_min_elements(),
+            "decode_matvec": "ternary " + _tern_module.best_kernel()}
 
 
 def set_kernel(str name):
@@ -54,40 +79,22 @@ cdef inline void _rows_ok(name, mv) except *:
 
 
 # --------------------------------------------------------------------------- quantization
+# The one quantizer / RMSNorm / RoPE of ext/common/poppins_numerics.h (training's clamp rule:
+# s = 127 / max(max|y|, 1e-5)); NumPy reference: poppins/numerics.py.
+cdef extern from "poppins_numerics.h" nogil:
+    float pp_quant_row_f32(const float *y, int64_t d, int8_t *q)
+    float pp_rms_row_f32(const float *x, const float *g, int64_t d, double eps, float *y)
+    void pp_rope_pairs_f32(float *a, float *b, const float *c, const float *s, int64_t half,
+                           int inverse)
+
+
 cdef inline void _quant_row(const float *y, int64_t d, int8_t *q, float *s) noexcept nogil:
-    cdef float amax = 0, v, sc = 1, z
-    cdef int64_t k
-    for k in range(d):
-        v = fabsf(y[k])
-        if v > amax:
-            amax = v
-    if amax > 0:
-        sc = (<float>127.0) / amax
-        if isinf(sc):
-            memset(q, 0, d)
-            s[0] = 1
-            return
-    for k in range(d):
-        z = nearbyintf(y[k] * sc)
-        if z > 127:
-            z = 127
-        elif z < -128:
-            z = -128
-        q[k] = <int8_t>z
-    s[0] = sc
+    s[0] = pp_quant_row_f32(y, d, q)
 
 
 cdef inline void _rms_row(const float *x, const float *g, int64_t d, double eps,
                           float *y) noexcept nogil:
-    cdef double ms = 0
-    cdef int64_t k
-    cdef float r
-    for k in range(d):
-        ms += <double>x[k] * <double>x[k]
-    ms = ms / d
-    r = <float>(1.0 / sqrt(ms + eps))
-    for k in range(d):
-        y[k] = (x[k] * r) * g[k]
+    pp_rms_row_f32(x, g, d, eps, y)
 
 
 def rmsnorm(const float[:, :] x, const float[::1] g, double eps, float[:, :] out, int threads=1):
@@ -127,10 +134,11 @@ def quant_rows(const float[:, :] x, int8_t[:, :] q, float[::1] scales, int threa
         raise ValueError("quant_rows: shape mismatch")
     if n == 0:
         return
-    if d == 0:
-        scales[:] = 1
-        return
     cdef int nt = _nt(threads, n * d)
+    if d == 0:  # no element to read: the scale of an empty (all-zero) row
+        for i in range(n):
+            scales[i] = pp_quant_row_f32(NULL, 0, NULL)
+        return
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         _quant_row(&x[i, 0], d, &q[i, 0], &scales[i])
 
@@ -178,8 +186,7 @@ def dequant(const int32_t[:, :] acc, double wscale, const float[::1] xscales, fl
 # --------------------------------------------------------------------------- rope
 def rope(float[:, :] x, const float[:, ::1] cos, const float[:, ::1] sin, int64_t pos0,
          int64_t nheads, int64_t head_stride, int64_t offset, int threads=1):
-    cdef int64_t n = x.shape[0], half = cos.shape[1], t, h, i, c0, pos
-    cdef float a, b, c, s
+    cdef int64_t n = x.shape[0], half = cos.shape[1], t, h, c0, pos
     _rows_ok("x", x)
     if pos0 < 0 or pos0 + n > cos.shape[0] or sin.shape[0] != cos.shape[0] \
             or sin.shape[1] != half:
@@ -194,13 +201,7 @@ def rope(float[:, :] x, const float[:, ::1] cos, const float[:, ::1] sin, int64_
         pos = pos0 + t
         for h in range(nheads):
             c0 = h * head_stride + offset
-            for i in range(half):
-                a = x[t, c0 + i]
-                b = x[t, c0 + half + i]
-                c = cos[pos, i]
-                s = sin[pos, i]
-                x[t, c0 + i] = a * c - b * s
-                x[t, c0 + half + i] = a * s + b * c
+            pp_rope_pairs_f32(&x[t, c0], &x[t, c0 + half], &cos[pos, 0], &sin[pos, 0], half, 0)
 
 
 # --------------------------------------------------------------------------- attention
@@ -424,6 +425,10 @@ cdef void _tern(eng_tern *t, w, list keep) except *:
     t.scale = <float>w.scale
 
 
+#: attention name (ModelConfig.attention) -> the C enum eng_attention (engine_step.h)
+_ATTENTION = {"mha": ENG_ATTN_MHA, "mla": ENG_ATTN_MLA}
+
+
 cdef class DecodePlan:
     """The weights of a poppins.engine.runtime.Engine as C pointers for eng_decode_step()
     (the Engine's arrays are kept alive by this object)."""
@@ -440,12 +445,13 @@ cdef class DecodePlan:
         memset(self.L, 0, cfg.layers * sizeof(eng_layer))
         cdef eng_model *M = &self.M
         cdef eng_layer *Lc
-        M.mla = 1 if cfg.attention == "mla" else 0
+        M.attention = _ATTENTION[cfg.attention]
+        mla = M.attention == ENG_ATTN_MLA
         M.dim, M.layers, M.heads = cfg.dim, cfg.layers, cfg.heads
         M.kv_heads, M.head_dim, M.hidden = cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim
-        M.kvl = cfg.kv_latent if M.mla else 0
-        M.rope = cfg.rope_width if M.mla else 0
-        M.qlat = (cfg.q_latent_dim or 0) if M.mla else 0
+        M.kvl = cfg.kv_latent if mla else 0
+        M.rope = cfg.rope_width if mla else 0
+        M.qlat = (cfg.q_latent_dim or 0) if mla else 0
         M.vocab = cfg.vocab_size
         M.eps = cfg.norm_eps
         keep = self.keep
@@ -630,28 +636,29 @@ cdef class DecodeSession:
 
 
 def decode_matvec_available():
-    """True when the decode step's own AVX-512 VNNI matrix-vector product runs here."""
-    return bool(eng_matvec_avx512_ok())
+    """True when the AVX-512 VNNI decode matrix-vector product (ternary path avx512) runs here."""
+    return TERN_AVX512_ID >= 0 and bool(eng_tern_available(TERN_AVX512_ID))
 
 
 def decode_matvec(const uint8_t[:, ::1] w, int64_t k, const int8_t[::1] x, int32_t[::1] y,
                   int reps=1):
     """y = t @ x with the decode step's AVX-512 VNNI kernel (b256 rows of w, k weights per
-    row); x is zero-padded internally.  ``reps`` repeats the product (for timing)."""
+    row), called as the step does (through the ternary C API); x is zero-padded internally.
+    ``reps`` repeats the product (for timing)."""
     cdef int64_t m = w.shape[0], nb = (k + 255) // 256, i
-    cdef int32_t xsum = 0
-    if not eng_matvec_avx512_ok():
+    cdef int rc = 0
+    if not decode_matvec_available():
         raise RuntimeError("the AVX-512 VNNI decode kernel is not available here")
     if x.shape[0] != k or y.shape[0] != m or w.shape[1] < nb * 64:
         raise ValueError("decode_matvec: shape mismatch")
     xp = np.zeros(max(nb * 256, 1), np.int8)
     xp[:k] = np.asarray(x)
     cdef const int8_t[::1] xv = xp
-    for i in range(k):
-        xsum += x[i]
     if m == 0 or k == 0:
         y[:] = 0
         return
     with nogil:
         for i in range(reps):
-            ENG_MV512(&w[0, 0], w.shape[1], m, nb, &xv[0], xsum, &y[0])
+            rc = eng_tern_matvec(&w[0, 0], w.shape[1], m, k, &xv[0], &y[0], TERN_AVX512_ID)
+    if rc != 0:
+        raise ValueError(f"decode_matvec: ternary kernel error {rc}")

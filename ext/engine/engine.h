@@ -3,7 +3,8 @@
  * eng_dot_f32 / eng_dot_i8 / eng_dot_f16 return sum_i a[i] * b[i] in float32 (a as float32,
  * float16 or int8 values; b float32), with 8-16 independent partial sums (the order differs
  * from a sequential sum, as any SIMD dot product does).  eng_init() picks the best path the
- * CPU runs (AVX2+FMA+F16C when compiled in and present, else portable C); no environment is
+ * CPU runs (the AVX2 unit when compiled in and the CPU has its features, POPPINS_NEED_AVX2 of
+ * poppins/_isa.py, else portable C); no environment is
  * read here: eng_set_kernel() forces a path.
  */
 #ifndef POPPINS_ENGINE_H
@@ -18,6 +19,8 @@ int eng_kernel(void);
 int eng_kernel_available(int kernel);
 int eng_set_kernel(int kernel);         /* 0 ok, -1 not available */
 const char *eng_kernel_name(int kernel);
+/* The PP_CPU_* feature mask path `kernel` needs (0: scalar); -1 when not compiled in. */
+long eng_kernel_needs(int kernel);
 
 float eng_dot_f32(const float *a, const float *b, int64_t n);
 float eng_dot_i8(const int8_t *a, const float *b, int64_t n);
@@ -37,13 +40,4 @@ float eng_dot_f32_avx2(const float *a, const float *b, int64_t n);
 float eng_dot_i8_avx2(const int8_t *a, const float *b, int64_t n);
 float eng_dot_f16_avx2(const uint16_t *a, const float *b, int64_t n);
 #endif
-#ifdef POPPINS_HAVE_AVX512
-/* y[r] = sum_i t[r][i] x[i] for rows [0, m) of a b256 matrix (nb blocks per row), x zero-padded
- * to nb * 256 bytes, xsum = sum of x (engine_avx512.c). */
-void eng_matvec_avx512(const uint8_t *w, int64_t stride, int64_t m, int64_t nb,
-                       const int8_t *x, int32_t xsum, int32_t *y);
-#endif
-/* 1 when eng_matvec_avx512 is compiled in and the CPU runs it. */
-int eng_matvec_avx512_ok(void);
-
 #endif

@@ -8,6 +8,7 @@ cdef extern from "engine.h" nogil:
     int eng_kernel_available(int kernel)
     int eng_set_kernel(int kernel)
     const char *eng_kernel_name(int kernel)
+    long eng_kernel_needs(int kernel)
     float eng_dot_f32(const float *a, const float *b, int64_t n)
     float eng_dot_i8(const int8_t *a, const float *b, int64_t n)
     float eng_dot_f16(const uint16_t *a, const float *b, int64_t n)
@@ -18,6 +19,8 @@ cdef extern from "poppins_common.h" nogil:
     int poppins_build_openmp()
 
 cdef extern from "engine_step.h" nogil:
+    int ENG_ATTN_MHA
+    int ENG_ATTN_MLA
     ctypedef struct eng_tern:
         const uint8_t *w
         int64_t stride, m, k
@@ -31,7 +34,7 @@ cdef extern from "engine_step.h" nogil:
         const float *wkv_b
         float wkv_b_scale
     ctypedef struct eng_model:
-        int mla
+        int attention
         int64_t dim, layers, heads, kv_heads, head_dim, hidden, kvl, rope, qlat, vocab
         double eps
         const float *cos
@@ -48,25 +51,16 @@ cdef extern from "engine_step.h" nogil:
         int kernel
     ctypedef struct eng_session:
         pass
+    int eng_set_ternary(const void *api)
     void eng_step_init()
+    int eng_tern_available(int kernel)
+    const char *eng_tern_kernel_name(int kernel)
+    int eng_tern_matvec(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
+                        const int8_t *x, int32_t *y, int kernel)
     eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_b, int64_t ctx)
     void eng_session_free(eng_session *S)
     int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
                         float *logits, int threads)
-
-cdef extern from "engine.h" nogil:
-    int eng_matvec_avx512_ok()
-
-cdef extern from *:
-    """
-    #ifdef POPPINS_HAVE_AVX512
-    #define ENG_MV512(w, s, m, nb, x, xs, y) eng_matvec_avx512(w, s, m, nb, x, xs, y)
-    #else
-    #define ENG_MV512(w, s, m, nb, x, xs, y) ((void)0)
-    #endif
-    """
-    void ENG_MV512(const uint8_t *w, int64_t stride, int64_t m, int64_t nb, const int8_t *x,
-                   int32_t xsum, int32_t *y) nogil
 
 cdef extern from "engine_sample.h" nogil:
     ctypedef struct eng_sampling:

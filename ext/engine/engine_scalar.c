@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 #include "engine.h"
+#include "poppins_cpu.h"
 
 float eng_half_to_float(uint16_t h)
 {
@@ -77,13 +78,9 @@ static int cur = -1;
 int eng_kernel_available(int kernel)
 {
     if (kernel == ENG_SCALAR) return 1;
-#if defined(POPPINS_HAVE_AVX2) && (defined(__GNUC__) || defined(__clang__)) && \
-    (defined(__x86_64__) || defined(__i386__))
-    if (kernel == ENG_AVX2) {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
-    }
+#ifdef POPPINS_HAVE_AVX2
+    /* the one CPU check (poppins_cpu.h) against the features the unit is compiled for */
+    if (kernel == ENG_AVX2) return pp_cpu_has(POPPINS_NEED_AVX2);
 #endif
     return 0;
 }
@@ -105,6 +102,15 @@ int eng_set_kernel(int kernel)
     return 0;
 }
 
+long eng_kernel_needs(int kernel)
+{
+    if (kernel == ENG_SCALAR) return 0;
+#ifdef POPPINS_HAVE_AVX2
+    if (kernel == ENG_AVX2) return POPPINS_NEED_AVX2;
+#endif
+    return -1;
+}
+
 int eng_init(void)
 {
     if (cur < 0) eng_set_kernel(eng_kernel_available(ENG_AVX2) ? ENG_AVX2 : ENG_SCALAR);
@@ -123,19 +129,3 @@ float eng_dot_f32(const float *a, const float *b, int64_t n) { return p_f32(a, b
 float eng_dot_i8(const int8_t *a, const float *b, int64_t n) { return p_i8(a, b, n); }
 float eng_dot_f16(const uint16_t *a, const float *b, int64_t n) { return p_f16(a, b, n); }
 void eng_axpy_f32(float a, const float *x, float *y, int64_t n) { p_axpy(a, x, y, n); }
-
-int eng_matvec_avx512_ok(void)
-{
-#if defined(POPPINS_HAVE_AVX512) && (defined(__GNUC__) || defined(__clang__)) && \
-    (defined(__x86_64__) || defined(__i386__))
-    static int ok = -1;
-    if (ok < 0) {
-        __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vnni");
-    }
-    return ok;
-#else
-    return 0;
-#endif
-}

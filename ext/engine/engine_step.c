@@ -22,9 +22,14 @@
 #endif
 
 #include "poppins_common.h"
+#include "poppins_numerics.h"
 #include "../ternary/ternary.h"
 #include "engine.h"
 #include "engine_step.h"
+
+/* The ternary kernels are compiled once, into poppins._ternary; the step calls them through
+ * its C API table (set by poppins._engine at import from the capsule poppins._ternary._C_API). */
+static const tern_c_api *g_tern = NULL;
 
 /* A sense-reversing barrier for the threads of one step: spin briefly (on an idle machine
  * the other thread is a few microseconds away), then sleep in the kernel (Linux futex; on a
@@ -110,6 +115,17 @@ static int tls_reserve(const eng_model *M, eng_session *S, int nt)
     return 0;
 }
 
+/* An attention unit (one per enum eng_attention; see "attention units" below). */
+typedef void (*attn_step_fn)(const eng_model *M, eng_session *S, const eng_layer *L, float *ca,
+                             float *cb, eng_tls *T, int64_t pos, const float *cs, const float *sn,
+                             int tid, int nt, int *sense_p);
+typedef struct {
+    attn_step_fn step;
+    int64_t (*wide_out)(const eng_model *M);  /* floats of the widest projection output */
+    int64_t (*latent)(const eng_model *M);    /* per-head latent scratch (floats) */
+} eng_attn_unit;
+static const eng_attn_unit *attn_unit(const eng_model *M);
+
 #define MAX3(a, b, c) ((a) > (b) ? ((a) > (c) ? (a) : (c)) : ((b) > (c) ? (b) : (c)))
 
 eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_b, int64_t ctx)
@@ -117,13 +133,14 @@ eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_
     eng_session *S = (eng_session *)calloc(1, sizeof(eng_session));
     if (!S) return NULL;
     const int64_t d = M->dim, H = M->heads, hd = M->head_dim, F = M->hidden;
-    int64_t wide_out = M->mla ? H * (hd + M->rope) + M->kvl + M->rope + (M->qlat ? M->qlat : 0)
-                              : (H + 2 * M->kv_heads) * hd;
+    const eng_attn_unit *A = attn_unit(M);
+    if (!A) { free(S); return NULL; }
+    int64_t wide_out = A->wide_out(M);
     if (wide_out < F) wide_out = F;
     int64_t wide_in = MAX3(d, F, H * hd);
     if (M->qlat > wide_in) wide_in = M->qlat;
     if (M->kvl > wide_in) wide_in = M->kvl;
-    const int64_t kvl = M->mla ? M->kvl : 0;
+    const int64_t kvl = A->latent(M);
     const int64_t nf = d + d + wide_out + H * hd + d + H * ctx + 2 * H * kvl + (M->qlat ? M->qlat : 0);
     wide_in = (wide_in + 255) / 256 * 256;  /* activations are zero-padded to whole blocks */
     const int64_t nbytes = nf * 4 + wide_out * 4 + 2 * wide_in + 64;
@@ -161,40 +178,10 @@ void eng_session_free(eng_session *S)
 }
 
 /* ---------------------------------------------------------------- element-wise helpers */
-static inline float round_even(float v)
-{
-    const float magic = 12582912.0f; /* 1.5 * 2^23: |v| < 2^22 rounds half to even */
-    float t = v + magic;
-    return t - magic;
-}
-
+/* The quantizer, RMSNorm and RoPE are the one copy of poppins_numerics.h. */
 static void quant_row(const float *y, int64_t d, int8_t *q, float *s)
 {
-    float m8[8] = {0, 0, 0, 0, 0, 0, 0, 0};  /* max is exact in any order */
-    int64_t k0 = 0;
-    for (; k0 + 8 <= d; k0 += 8)
-        for (int j = 0; j < 8; j++) {
-            float v = fabsf(y[k0 + j]);
-            m8[j] = v > m8[j] ? v : m8[j];
-        }
-    float amax = 0.0f;
-    for (int j = 0; j < 8; j++) amax = m8[j] > amax ? m8[j] : amax;
-    for (; k0 < d; k0++) {
-        float v = fabsf(y[k0]);
-        if (v > amax) amax = v;
-    }
-    float sc = 1.0f;
-    if (amax > 0.0f) {
-        sc = 127.0f / amax;
-        if (isinf(sc)) { sc = 0.0f; }
-    }
-    for (int64_t k = 0; k < d; k++) {
-        float z = round_even(y[k] * sc);
-        if (z > 127.0f) z = 127.0f;
-        else if (z < -128.0f) z = -128.0f;
-        q[k] = (int8_t)z;
-    }
-    *s = sc == 0.0f ? 1.0f : sc;
+    *s = pp_quant_row_f32(y, d, q);
     /* zero padding up to a whole 256-weight block (the decode matvec reads whole blocks) */
     const int64_t pad = (d + 255) / 256 * 256;
     if (pad > d) memset(q + d, 0, (size_t)(pad - d));
@@ -202,11 +189,7 @@ static void quant_row(const float *y, int64_t d, int8_t *q, float *s)
 
 static void rms_row(const float *x, const float *g, int64_t d, double eps, float *y)
 {
-    double ms = 0.0;
-    for (int64_t k = 0; k < d; k++) ms += (double)x[k] * (double)x[k];
-    ms = ms / (double)d;
-    float r = (float)(1.0 / sqrt(ms + eps));
-    for (int64_t k = 0; k < d; k++) y[k] = (x[k] * r) * g[k];
+    pp_rms_row_f32(x, g, d, eps, y);
 }
 
 static void rope_row(float *x, const float *c, const float *s, int64_t half, int64_t nheads,
@@ -214,11 +197,7 @@ static void rope_row(float *x, const float *c, const float *s, int64_t half, int
 {
     for (int64_t h = 0; h < nheads; h++) {
         float *p = x + h * stride + offset;
-        for (int64_t i = 0; i < half; i++) {
-            float a = p[i], b = p[half + i];
-            p[i] = a * c[i] - b * s[i];
-            p[half + i] = a * s[i] + b * c[i];
-        }
+        pp_rope_pairs_f32(p, p + half, c, s, half, 0);
     }
 }
 
@@ -262,16 +241,7 @@ static void linear_part(const eng_tern *w, const int8_t *x, float xs, int32_t *a
     const int64_t a = chunks * tid / nt, b = chunks * (tid + 1) / nt;
     const int64_t r0 = a * 16, r1 = b * 16 < w->m ? b * 16 : w->m;
     if (r0 >= r1) return;
-#ifdef POPPINS_HAVE_AVX512
-    if ((kernel < 0 || kernel == TERN_AVX512) && eng_matvec_avx512_ok()) {
-        int32_t xsum = 0;
-        for (int64_t i = 0; i < w->k; i++) xsum += x[i];
-        eng_matvec_avx512(w->w + r0 * w->stride, w->stride, r1 - r0, (w->k + 255) / 256, x,
-                          xsum, acc + r0);
-    } else
-#endif
-    tern_matmul(w->w + r0 * w->stride, w->stride, r1 - r0, w->k, x, w->k, 1, acc + r0,
-                w->m, 1, kernel);
+    g_tern->matvec_padded(w->w + r0 * w->stride, w->stride, r1 - r0, w->k, x, acc + r0, kernel);
     const float f = w->scale / xs;
     if (accumulate)
         for (int64_t r = r0; r < r1; r++) out[r] = out[r] + (float)acc[r] * f;
@@ -281,97 +251,147 @@ static void linear_part(const eng_tern *w, const int8_t *x, float xs, int32_t *a
 
 /* BARRIER: every thread waits; ON_ONE(...): thread 0 runs the block, then a barrier;
  * RANGE(lo, hi, n): this thread's contiguous share of [0, n). */
-#define BARRIER barrier_wait(&S->bar, nt, &sense)
+#define BARRIER barrier_wait(&S->bar, nt, sense_p)
 #define ON_ONE(block) do { if (tid == 0) { block } BARRIER; } while (0)
 #define RANGE(lo, hi, n) const int64_t lo = (n) * tid / nt, hi = (n) * (tid + 1) / nt
+
+/* ---------------------------------------------------------------- attention units
+ * One function per attention type (enum eng_attention, engine_step.h): the step of one layer
+ * from the normalized, quantized input (T->q8, T->qs) to the heads' outputs in S->o, filling the
+ * layer's caches at pos; and the scratch sizes it needs.  attn_unit() is the one switch point:
+ * adding an attention type = one more enum value, one more unit, one more case there
+ * (eng_attn_unit is declared above eng_session_new, which sizes the scratch through it). */
+
+/* MHA / GQA: one fused q|k|v projection, rotated keys and values cached per kv head. */
+static void attn_mha_step(const eng_model *M, eng_session *S, const eng_layer *L, float *ca,
+                          float *cb, eng_tls *T, int64_t pos, const float *cs, const float *sn,
+                          int tid, int nt, int *sense_p)
+{
+    const int64_t d = M->dim, H = M->heads, hd = M->head_dim, P = pos + 1;
+    const int kern = M->kernel;
+    RANGE(h0, h1, H);
+    (void)d;
+    const int64_t Hk = M->kv_heads, grp = H / Hk;
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    linear_part(&L->wqkv, T->q8, T->qs, S->acc, S->big, 0, kern, tid, nt);
+    BARRIER;
+    {   /* rotate this thread's share of the query/key heads; cache its kv heads */
+        RANGE(r0, r1, H + Hk);
+        for (int64_t h = r0; h < r1; h++)
+            rope_row(S->big + h * hd, cs, sn, M->rot_half, 1, hd, 0);
+        for (int64_t h = (r0 > H ? r0 : H); h < r1; h++)
+            memcpy(ca + pos * Hk * hd + (h - H) * hd, S->big + h * hd, (size_t)hd * 4);
+        RANGE(v0, v1, Hk);
+        if (v1 > v0)
+            memcpy(cb + pos * Hk * hd + v0 * hd, S->big + (H + Hk + v0) * hd,
+                   (size_t)((v1 - v0) * hd) * 4);
+    }
+    BARRIER;
+    for (int64_t h = h0; h < h1; h++) {
+        const int64_t hk = h / grp;
+        float *sc = S->scores + h * S->ctx;
+        const float *q = S->big + h * hd;
+        for (int64_t j = 0; j < P; j++)
+            sc[j] = eng_dot_f32(q, ca + j * Hk * hd + hk * hd, hd) * scale;
+        softmax_mix(sc, P, cb + hk * hd, Hk * hd, hd, S->o + h * hd);
+    }
+}
+
+static int64_t attn_mha_wide_out(const eng_model *M) { return (M->heads + 2 * M->kv_heads) * M->head_dim; }
+static int64_t attn_mha_latent(const eng_model *M) { (void)M; return 0; }
+
+/* MLA: latent cache (normalized, quantized-dequantized) + shared rotary key, with the key/value
+ * up-projection absorbed into the query and the output. */
+static void attn_mla_step(const eng_model *M, eng_session *S, const eng_layer *L, float *ca,
+                          float *cb, eng_tls *T, int64_t pos, const float *cs, const float *sn,
+                          int tid, int nt, int *sense_p)
+{
+    const int64_t d = M->dim, H = M->heads, hd = M->head_dim, P = pos + 1;
+    const int kern = M->kernel;
+    RANGE(h0, h1, H);
+    (void)d;
+    const int64_t r = M->rope, kvl = M->kvl, w = hd + r;
+    const float scale = (float)(1.0 / sqrt((double)(hd + r)));
+    float *qf = S->big, *kva = S->big + H * w;
+    if (M->qlat) {
+        linear_part(&L->wq_a, T->q8, T->qs, S->acc, S->cq, 0, kern, tid, nt);
+        BARRIER;
+        rms_row(S->cq, L->q_norm, M->qlat, M->eps, T->u);
+        quant_row(T->u, M->qlat, T->c8, &T->cs);
+        linear_part(&L->wq_b, T->c8, T->cs, S->acc, qf, 0, kern, tid, nt);
+    } else {
+        linear_part(&L->wq, T->q8, T->qs, S->acc, qf, 0, kern, tid, nt);
+    }
+    linear_part(&L->wkv_a, T->q8, T->qs, S->acc + H * w, kva, 0, kern, tid, nt);
+    BARRIER;
+    ON_ONE({
+        float ls;
+        float *lat = kvl <= d ? S->tmp : S->mix;
+        rms_row(kva, L->kv_norm, kvl, M->eps, lat);
+        quant_row(lat, kvl, S->c8, &ls);
+        float *crow = ca + pos * kvl;
+        for (int64_t c = 0; c < kvl; c++) crow[c] = (float)S->c8[c] / ls;
+        rope_row(qf, cs, sn, M->rot_half, H, w, hd);
+        rope_row(kva, cs, sn, M->rot_half, 1, kvl + r, kvl);
+        memcpy(cb + pos * r, kva + kvl, (size_t)r * 4);
+    });
+    for (int64_t h = h0; h < h1; h++) {
+        float *sc = S->scores + h * S->ctx;
+        float *u = S->u + h * kvl, *m = S->mix + h * kvl;
+        const float *qn = qf + h * w;
+        const float ws = L->wkv_b_scale;
+        for (int64_t c = 0; c < kvl; c++) u[c] = 0.0f;
+        for (int64_t i = 0; i < hd; i++) {
+            const float a = qn[i];
+            const float *wr = L->wkv_b + (h * hd + i) * kvl;
+            for (int64_t c = 0; c < kvl; c++) u[c] = u[c] + a * wr[c];
+        }
+        for (int64_t c = 0; c < kvl; c++) u[c] = u[c] * ws;
+        for (int64_t j = 0; j < P; j++)
+            sc[j] = (eng_dot_f32(u, ca + j * kvl, kvl) +
+                     eng_dot_f32(qn + hd, cb + j * r, r)) * scale;
+        softmax_mix(sc, P, ca, kvl, kvl, m);
+        for (int64_t i = 0; i < hd; i++)
+            S->o[h * hd + i] =
+                eng_dot_f32(L->wkv_b + ((H + h) * hd + i) * kvl, m, kvl) * ws;
+    }
+}
+
+static int64_t attn_mla_wide_out(const eng_model *M)
+{
+    return M->heads * (M->head_dim + M->rope) + M->kvl + M->rope + (M->qlat ? M->qlat : 0);
+}
+static int64_t attn_mla_latent(const eng_model *M) { return M->kvl; }
+
+static const eng_attn_unit ATTN_MHA = {attn_mha_step, attn_mha_wide_out, attn_mha_latent};
+static const eng_attn_unit ATTN_MLA = {attn_mla_step, attn_mla_wide_out, attn_mla_latent};
+
+/* THE switch over attention types (NULL for an unknown one). */
+static const eng_attn_unit *attn_unit(const eng_model *M)
+{
+    switch ((eng_attention)M->attention) {
+    case ENG_ATTN_MHA: return &ATTN_MHA;
+    case ENG_ATTN_MLA: return &ATTN_MLA;
+    default: return NULL;
+    }
+}
 
 static void step_body(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
                       float *logits, int tid, int nt)
 {
-    const int64_t d = M->dim, H = M->heads, hd = M->head_dim, F = M->hidden, P = pos + 1;
+    const int64_t d = M->dim, H = M->heads, hd = M->head_dim, F = M->hidden;
     const int kern = M->kernel;
     const float *cs = M->cos + pos * M->rot_half, *sn = M->sin + pos * M->rot_half;
-    int sense = atomic_load(&S->bar.sense);
+    int sense = atomic_load(&S->bar.sense), *sense_p = &sense;
     eng_tls *T = &S->tls[tid];
-    RANGE(h0, h1, H);
+    const eng_attn_unit *A = attn_unit(M);
     ON_ONE({ embed_row(M, token, S->x); });
     for (int64_t l = 0; l < M->layers; l++) {
         const eng_layer *L = &M->L[l];
         float *ca = S->ca[l], *cb = S->cb[l];
         rms_row(S->x, L->attn_norm, d, M->eps, T->h);
         quant_row(T->h, d, T->q8, &T->qs);
-        if (!M->mla) {
-            const int64_t Hk = M->kv_heads, grp = H / Hk;
-            const float scale = (float)(1.0 / sqrt((double)hd));
-            linear_part(&L->wqkv, T->q8, T->qs, S->acc, S->big, 0, kern, tid, nt);
-            BARRIER;
-            {   /* rotate this thread's share of the query/key heads; cache its kv heads */
-                RANGE(r0, r1, H + Hk);
-                for (int64_t h = r0; h < r1; h++)
-                    rope_row(S->big + h * hd, cs, sn, M->rot_half, 1, hd, 0);
-                for (int64_t h = (r0 > H ? r0 : H); h < r1; h++)
-                    memcpy(ca + pos * Hk * hd + (h - H) * hd, S->big + h * hd, (size_t)hd * 4);
-                RANGE(v0, v1, Hk);
-                if (v1 > v0)
-                    memcpy(cb + pos * Hk * hd + v0 * hd, S->big + (H + Hk + v0) * hd,
-                           (size_t)((v1 - v0) * hd) * 4);
-            }
-            BARRIER;
-            for (int64_t h = h0; h < h1; h++) {
-                const int64_t hk = h / grp;
-                float *sc = S->scores + h * S->ctx;
-                const float *q = S->big + h * hd;
-                for (int64_t j = 0; j < P; j++)
-                    sc[j] = eng_dot_f32(q, ca + j * Hk * hd + hk * hd, hd) * scale;
-                softmax_mix(sc, P, cb + hk * hd, Hk * hd, hd, S->o + h * hd);
-            }
-        } else {
-            const int64_t r = M->rope, kvl = M->kvl, w = hd + r;
-            const float scale = (float)(1.0 / sqrt((double)(hd + r)));
-            float *qf = S->big, *kva = S->big + H * w;
-            if (M->qlat) {
-                linear_part(&L->wq_a, T->q8, T->qs, S->acc, S->cq, 0, kern, tid, nt);
-                BARRIER;
-                rms_row(S->cq, L->q_norm, M->qlat, M->eps, T->u);
-                quant_row(T->u, M->qlat, T->c8, &T->cs);
-                linear_part(&L->wq_b, T->c8, T->cs, S->acc, qf, 0, kern, tid, nt);
-            } else {
-                linear_part(&L->wq, T->q8, T->qs, S->acc, qf, 0, kern, tid, nt);
-            }
-            linear_part(&L->wkv_a, T->q8, T->qs, S->acc + H * w, kva, 0, kern, tid, nt);
-            BARRIER;
-            ON_ONE({
-                float ls;
-                float *lat = kvl <= d ? S->tmp : S->mix;
-                rms_row(kva, L->kv_norm, kvl, M->eps, lat);
-                quant_row(lat, kvl, S->c8, &ls);
-                float *crow = ca + pos * kvl;
-                for (int64_t c = 0; c < kvl; c++) crow[c] = (float)S->c8[c] / ls;
-                rope_row(qf, cs, sn, M->rot_half, H, w, hd);
-                rope_row(kva, cs, sn, M->rot_half, 1, kvl + r, kvl);
-                memcpy(cb + pos * r, kva + kvl, (size_t)r * 4);
-            });
-            for (int64_t h = h0; h < h1; h++) {
-                float *sc = S->scores + h * S->ctx;
-                float *u = S->u + h * kvl, *m = S->mix + h * kvl;
-                const float *qn = qf + h * w;
-                const float ws = L->wkv_b_scale;
-                for (int64_t c = 0; c < kvl; c++) u[c] = 0.0f;
-                for (int64_t i = 0; i < hd; i++) {
-                    const float a = qn[i];
-                    const float *wr = L->wkv_b + (h * hd + i) * kvl;
-                    for (int64_t c = 0; c < kvl; c++) u[c] = u[c] + a * wr[c];
-                }
-                for (int64_t c = 0; c < kvl; c++) u[c] = u[c] * ws;
-                for (int64_t j = 0; j < P; j++)
-                    sc[j] = (eng_dot_f32(u, ca + j * kvl, kvl) +
-                             eng_dot_f32(qn + hd, cb + j * r, r)) * scale;
-                softmax_mix(sc, P, ca, kvl, kvl, m);
-                for (int64_t i = 0; i < hd; i++)
-                    S->o[h * hd + i] =
-                        eng_dot_f32(L->wkv_b + ((H + h) * hd + i) * kvl, m, kvl) * ws;
-            }
-        }
+        A->step(M, S, L, ca, cb, T, pos, cs, sn, tid, nt, sense_p);
         BARRIER;
         quant_row(S->o, H * hd, T->q8, &T->qs);
         linear_part(&L->wo, T->q8, T->qs, S->acc, S->x, 1, kern, tid, nt);
@@ -400,17 +420,34 @@ static void step_body(const eng_model *M, eng_session *S, int32_t token, int64_t
     }
 }
 
+int eng_set_ternary(const void *api)
+{
+    const tern_c_api *t = (const tern_c_api *)api;
+    if (!t || t->version != TERN_C_API_VERSION) return -1;
+    g_tern = t;
+    return 0;
+}
+
 void eng_step_init(void)
 {
-    tern_init();
+    if (g_tern) g_tern->init();
     eng_init();
-    (void)eng_matvec_avx512_ok();
+}
+
+int eng_tern_available(int kernel) { return g_tern && g_tern->kernel_available(kernel); }
+
+const char *eng_tern_kernel_name(int kernel) { return g_tern ? g_tern->kernel_name(kernel) : NULL; }
+
+int eng_tern_matvec(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k, const int8_t *x,
+                    int32_t *y, int kernel)
+{
+    return g_tern ? g_tern->matvec_padded(w, w_stride, m, k, x, y, kernel) : -1;
 }
 
 int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
                     float *logits, int threads)
 {
-    if (!M || !S || pos < 0 || pos >= S->ctx || pos >= M->rope_rows || token < 0 ||
+    if (!g_tern || !M || !S || !attn_unit(M) || pos < 0 || pos >= S->ctx || pos >= M->rope_rows || token < 0 ||
         token >= M->vocab)
         return -1;
     int nt = poppins_threads(threads);

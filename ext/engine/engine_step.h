@@ -30,8 +30,12 @@ typedef struct {
     float wkv_b_scale;
 } eng_layer;
 
+/* The attention types of the decode step (one unit each in engine_step.c; attn_unit() is the
+ * one switch over them). */
+typedef enum { ENG_ATTN_MHA = 0, ENG_ATTN_MLA = 1 } eng_attention;
+
 typedef struct {
-    int mla;
+    int attention;            /* eng_attention */
     int64_t dim, layers, heads, kv_heads, head_dim, hidden, kvl, rope, qlat, vocab;
     double eps;
     const float *cos, *sin;   /* [model context, rot/2] */
@@ -54,8 +58,19 @@ typedef struct eng_session eng_session;
 eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_b, int64_t ctx);
 void eng_session_free(eng_session *S);
 
+/* The ternary kernels' C API (a const tern_c_api *, from the capsule poppins._ternary._C_API):
+ * set once at import, before eng_step_init().  Returns 0, or -1 for a wrong table version. */
+int eng_set_ternary(const void *api);
+
 /* Detect CPU features once (call before threads use the step). */
 void eng_step_init(void);
+
+/* The ternary paths through the table: available, name, and the decode matvec (x zero-padded
+ * to whole blocks; kernel < 0: best).  -1 / NULL before eng_set_ternary(). */
+int eng_tern_available(int kernel);
+const char *eng_tern_kernel_name(int kernel);
+int eng_tern_matvec(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k, const int8_t *x,
+                    int32_t *y, int kernel);
 
 /* Feed `token` at position `pos` (< ctx): fills the caches at pos, writes logits[vocab].
  * Returns 0, or -1 on bad arguments. */

@@ -15,11 +15,22 @@ ctypedef fused real:
     double
 
 
+include "poppins_cpu.pxi"
+
+
 def build_info():
+    """openmp, the path in use ("kernel"), the paths this build and CPU run ("available"),
+    and the CPU features each compiled path needs ("needs", checked by its dispatcher)."""
+    needs = {}
+    for name in ("scalar", "avx2", "avx512"):
+        m = pp_ops_needs(name.encode())
+        if m >= 0:
+            needs[name] = _feature_names(m)
     return {"openmp": bool(poppins_build_openmp()), "kernel": pp_ops().name.decode(),
             "gemm": "blas-split" if pp_gemm_ready() else "numpy",
             "attention": "blas-blocks" if pp_attn_blas_active() else "loops",
-            "available": pp_ops_available().decode().split(",")}
+            "available": pp_ops_available().decode().split(","), "needs": needs,
+            "par_min_elements": poppins_par_min_elements()}
 
 
 def set_kernel(str name):

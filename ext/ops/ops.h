@@ -54,6 +54,8 @@ const pp_ops_table *pp_ops(void);
 int pp_ops_set_kernel(const char *name);
 /* Comma-separated list of the paths this build and CPU can run. */
 const char *pp_ops_available(void);
+/* The PP_CPU_* feature mask path `name` needs (0 for scalar); -1 when it is not compiled in. */
+long pp_ops_needs(const char *name);
 
 /* GEMM through the BLAS numpy uses, split over poppins' OpenMP threads (ops_gemm.c).
  * pp_gemm_set() receives the addresses of cblas_sgemm/cblas_dgemm (ilp64: 64-bit ints).

@@ -68,6 +68,7 @@ cdef extern from "ops.h" nogil:
     const pp_ops_table *pp_ops()
     int pp_ops_set_kernel(const char *name)
     const char *pp_ops_available()
+    long pp_ops_needs(const char *name)
 
     void pp_gemm_set(void *sgemm, void *dgemm, int ilp64)
     int pp_gemm_ready()

@@ -1,6 +1,7 @@
 /* Chooses the kernel path once, from the CPU's features; pp_ops_set_kernel() overrides. */
 #include <string.h>
 #include "ops.h"
+#include "poppins_cpu.h"
 
 extern const pp_ops_table pp_ops_table_scalar;
 #ifdef POPPINS_HAVE_AVX2
@@ -12,24 +13,14 @@ extern const pp_ops_table pp_ops_table_avx512;
 
 static const pp_ops_table *pp_current = 0;
 
-static int cpu_avx2(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
+/* A path runs only when the CPU has every feature its unit was compiled for: POPPINS_NEED_<ISA>
+ * is that feature list (poppins/_isa.py, passed by setup.py), pp_cpu_has() the one CPU check. */
+#ifdef POPPINS_HAVE_AVX2
+static int cpu_avx2(void) { return pp_cpu_has(POPPINS_NEED_AVX2); }
 #endif
-}
-
-static int cpu_avx512(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    return cpu_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-           && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-#else
-    return 0;
+#ifdef POPPINS_HAVE_AVX512
+static int cpu_avx512(void) { return pp_cpu_has(POPPINS_NEED_AVX512); }
 #endif
-}
 
 static const pp_ops_table *lookup(const char *name) {
     if (!strcmp(name, "scalar")) return &pp_ops_table_scalar;
@@ -65,4 +56,16 @@ const char *pp_ops_available(void) {
     if (lookup("avx2")) strcat(buf, ",avx2");
     if (lookup("avx512")) strcat(buf, ",avx512");
     return buf;
+}
+
+/* The feature mask a path needs (0 when it is not compiled in); -1 for an unknown name. */
+long pp_ops_needs(const char *name) {
+    if (!strcmp(name, "scalar")) return 0;
+#ifdef POPPINS_HAVE_AVX2
+    if (!strcmp(name, "avx2")) return POPPINS_NEED_AVX2;
+#endif
+#ifdef POPPINS_HAVE_AVX512
+    if (!strcmp(name, "avx512")) return POPPINS_NEED_AVX512;
+#endif
+    return -1;
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "poppins_common.h"
+#include "poppins_numerics.h"
 
 #define PP_CAT_(a, b, c, d) pp_##a##_##b##_##c
 #define PP_CAT(a, b, c) PP_CAT_(a, b, c, 0)
@@ -47,11 +48,10 @@ static inline float pp_sqrt_f32(float x) { return sqrtf(x); }
 static inline float pp_abs_f32(float x) { return fabsf(x); }
 static inline double pp_abs_f64(double x) { return fabs(x); }
 static inline double pp_sqrt_f64(double x) { return sqrt(x); }
-#define PP_QUANT_EPS 1e-5
-/* Parallel regions only pay off above ~32k elements of work; below, run on one thread
- * (the result does not depend on it except for the documented reduction order). */
-#define PP_MIN_PAR 32768L
-#define PP_PAR_IF(nt, work) num_threads(poppins_threads(nt)) if ((long)(work) >= PP_MIN_PAR)
+/* Parallel regions only pay off above PP_PAR_MIN_ELEMENTS (poppins_common.h, from
+ * poppins/threads.py) elements of work; below, run on one thread (the result does not depend
+ * on it except for the documented reduction order). */
+#define PP_PAR_IF(nt, work) num_threads(poppins_threads(nt)) if ((long long)(work) >= PP_PAR_MIN_ELEMENTS)
 static inline int pp_tid(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -78,25 +78,9 @@ static inline int pp_nthreads(void) {
 typedef PP_R FN(real);
 #define R FN(real)
 
-/* Quantize+dequantize one row in place: s = 127 / max|y| (max clamped at 1e-5),
- * y = clip(rint(y * s), -128, 127) / s. */
-static inline void FN(quant_row)(R *y, long d) {
-    R m = 0;
-#pragma omp simd reduction(max : m)
-    for (long j = 0; j < d; j++) {
-        R a = ABS(y[j]);
-        m = a > m ? a : m;
-    }
-    if (m < (R)PP_QUANT_EPS) m = (R)PP_QUANT_EPS;
-    R s = (R)127.0 / m;
-#pragma omp simd
-    for (long j = 0; j < d; j++) {
-        R q = RINT(y[j] * s);
-        q = q < (R)-128 ? (R)-128 : q;
-        q = q > (R)127 ? (R)127 : q;
-        y[j] = q / s;
-    }
-}
+/* Quantize+dequantize one row in place: the one quantizer of poppins_numerics.h
+ * (s = 127 / max(max|y|, 1e-5), y = clip(round_half_even(y * s), -128, 127) / s). */
+static inline void FN(quant_row)(R *y, long d) { PP_SEL(pp_quant_dequant_row, PP_S)(y, d); }
 
 static void FN(act_quant)(const R *x, long ldx, R *out, long ldo, long n, long d, int nt) {
 #pragma omp parallel for PP_PAR_IF(nt, n * d) schedule(static)
@@ -114,13 +98,7 @@ static void FN(rmsnorm_quant_fwd)(const R *x, long ldx, const R *g, R *out, long
     for (long i = 0; i < n; i++) {
         const R *xi = x + i * ldx;
         R *oi = out + i * ldo;
-        double ss = 0;
-#pragma omp simd reduction(+ : ss)
-        for (long j = 0; j < d; j++) ss += (double)xi[j] * (double)xi[j];
-        R r = (R)(1.0 / sqrt(ss / (double)d + eps));
-        rstd[i] = r;
-#pragma omp simd
-        for (long j = 0; j < d; j++) oi[j] = (xi[j] * r) * g[j];
+        rstd[i] = PP_SEL(pp_rms_row, PP_S)(xi, g, d, eps, oi);
         if (quant) FN(quant_row)(oi, d);
     }
 }
@@ -239,22 +217,7 @@ static void FN(rope)(R *x, long ldx, long n, const R *cos, const R *sin, long ha
         const R *c = cos + pos * half, *s = sin + pos * half;
         for (long h = 0; h < nheads; h++) {
             R *a = x + i * ldx + h * head_stride + offset;
-            R *b = a + half;
-            if (inverse) {
-#pragma omp simd
-                for (long j = 0; j < half; j++) {
-                    R aa = a[j], bb = b[j], sn = -s[j];
-                    a[j] = aa * c[j] - bb * sn;
-                    b[j] = aa * sn + bb * c[j];
-                }
-            } else {
-#pragma omp simd
-                for (long j = 0; j < half; j++) {
-                    R aa = a[j], bb = b[j];
-                    a[j] = aa * c[j] - bb * s[j];
-                    b[j] = aa * s[j] + bb * c[j];
-                }
-            }
+            PP_SEL(pp_rope_pairs, PP_S)(a, a + half, c, s, half, inverse);
         }
     }
 }

@@ -7,7 +7,10 @@ are in poppins.engine.reference.  Kernel ids: 0 scalar, 1 avx2, 2 avx512, 3 neon
 -1 means the best path for this CPU.
 """
 from libc.stdint cimport int8_t, uint8_t, int32_t, int64_t
+from cpython.pycapsule cimport PyCapsule_New
 from ternary_api cimport *
+
+include "poppins_cpu.pxi"
 
 BLOCK = TERN_BLOCK
 BLOCK_BYTES = TERN_BLOCK_BYTES
@@ -16,6 +19,10 @@ LAYOUT = "b256"
 LAYOUT_VERSION = TERN_LAYOUT_VERSION
 
 tern_init()  # detect CPU features once, at import
+
+#: The C API (ternary.h, tern_c_api) for other extension modules: the kernels are compiled
+#: once, here; poppins._engine calls them through this table.
+_C_API = PyCapsule_New(<void *>tern_get_c_api(), TERN_C_API_CAPSULE, NULL)
 
 _default_kernel = tern_best_kernel()
 
@@ -61,10 +68,17 @@ def default_kernel():
 
 
 def build_info():
+    """openmp, the default path ("kernel"), the runnable paths, the layout, and the CPU
+    features each compiled path needs ("needs", checked by its dispatcher)."""
+    needs = {}
+    for i in range(TERN_NKERNELS):
+        if tern_kernel_needs(i) >= 0:
+            needs[tern_kernel_name(i).decode()] = _feature_names(tern_kernel_needs(i))
     return {"openmp": bool(poppins_build_openmp()),
             "kernel": tern_kernel_name(_default_kernel).decode(),
             "available": available(),
-            "layout": f"b256 v{TERN_LAYOUT_VERSION}"}
+            "layout": f"b256 v{TERN_LAYOUT_VERSION}", "needs": needs,
+            "par_min_elements": poppins_par_min_elements()}
 
 
 def row_bytes(int64_t k):
@@ -127,16 +141,16 @@ def matmul(const uint8_t[:, ::1] w, int64_t k, const int8_t[:, ::1] x, int32_t[:
 
 
 def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] q, float[::1] scales, int threads=1):
-    """Per-row int8 quantization: scales[r] = 127 / max|x[r]| (1 for a zero row),
+    """Per-row int8 quantization (ext/common/poppins_numerics.h; reference
+    poppins.numerics.act_quant_codes): scales[r] = 127 / max(max|x[r]|, 1e-5),
     q = clip(rint(x * scale), -128, 127), round half to even, float32 arithmetic."""
     cdef int64_t n = x.shape[0], k = x.shape[1]
     if q.shape[0] != n or q.shape[1] != k or scales.shape[0] != n:
         raise ValueError("quantize_rows: shape mismatch")
     if n == 0:
         return
-    if k == 0:
-        for r in range(n):
-            scales[r] = 1.0
+    if k == 0:  # no element to read: the scale of an empty (all-zero) row
+        tern_quantize_rows(NULL, 0, n, 0, NULL, 0, &scales[0], 1)
         return
     with nogil:
         tern_quantize_rows(&x[0, 0], k, n, k, &q[0, 0], k, &scales[0], threads)

@@ -15,15 +15,9 @@
 #include <string.h>
 
 #include "poppins_common.h"
+#include "poppins_cpu.h"
+#include "poppins_numerics.h"
 #include "ternary.h"
-
-#if defined(__aarch64__) || defined(__arm__)
-#if defined(__linux__)
-#include <sys/auxv.h>
-#elif defined(__APPLE__)
-#include <sys/sysctl.h>
-#endif
-#endif
 
 static int g_init = 0;
 static int g_avail[TERN_NKERNELS];
@@ -37,50 +31,30 @@ int tern_init(void) {
     memset(g_avail, 0, sizeof g_avail);
     g_avail[TERN_SCALAR] = 1;
     g_fns[TERN_SCALAR] = tern_rows_scalar;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
+    /* A path runs only when the CPU has every feature its unit was compiled for
+     * (POPPINS_NEED_<ISA>: poppins/_isa.py via setup.py; pp_cpu_has: ext/common/poppins_cpu.h). */
 #if defined(POPPINS_HAVE_AVX2)
-    if (__builtin_cpu_supports("avx2")) {
+    if (pp_cpu_has(POPPINS_NEED_AVX2)) {
         g_avail[TERN_AVX2] = 1;
         g_fns[TERN_AVX2] = tern_rows_avx2;
     }
 #endif
 #if defined(POPPINS_HAVE_AVX512)
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+    if (pp_cpu_has(POPPINS_NEED_AVX512)) {
         g_avail[TERN_AVX512] = 1;
         g_fns[TERN_AVX512] = tern_rows_avx512;
     }
 #endif
-#endif
-#if defined(POPPINS_HAVE_NEON) && (defined(__aarch64__) || defined(__arm__))
-    {
-        int neon = 0;
-#if defined(__aarch64__)
-        neon = 1; /* Advanced SIMD is mandatory on AArch64 */
-#elif defined(__linux__)
-        neon = (getauxval(AT_HWCAP) & (1UL << 12)) != 0; /* HWCAP_NEON */
-#endif
-        if (neon) {
-            g_avail[TERN_NEON] = 1;
-            g_fns[TERN_NEON] = tern_rows_neon;
-        }
+#if defined(POPPINS_HAVE_NEON)
+    if (pp_cpu_has(POPPINS_NEED_NEON)) {
+        g_avail[TERN_NEON] = 1;
+        g_fns[TERN_NEON] = tern_rows_neon;
     }
 #endif
-#if defined(POPPINS_HAVE_NEONDOT) && defined(__aarch64__)
-    {
-        int dot = 0;
-#if defined(__linux__)
-        dot = (getauxval(AT_HWCAP) & (1UL << 20)) != 0; /* HWCAP_ASIMDDP */
-#elif defined(__APPLE__)
-        int v = 0;
-        size_t len = sizeof v;
-        if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, NULL, 0) == 0) dot = v != 0;
-#endif
-        if (dot) {
-            g_avail[TERN_NEONDOT] = 1;
-            g_fns[TERN_NEONDOT] = tern_rows_neondot;
-        }
+#if defined(POPPINS_HAVE_NEONDOT)
+    if (pp_cpu_has(POPPINS_NEED_NEONDOT)) {
+        g_avail[TERN_NEONDOT] = 1;
+        g_fns[TERN_NEONDOT] = tern_rows_neondot;
     }
 #endif
     g_best = TERN_SCALAR;
@@ -101,6 +75,25 @@ int tern_kernel_available(int kernel) {
 
 int tern_best_kernel(void) { return tern_init(); }
 
+long tern_kernel_needs(int kernel) {
+    switch (kernel) {
+    case TERN_SCALAR: return 0;
+#ifdef POPPINS_HAVE_AVX2
+    case TERN_AVX2: return POPPINS_NEED_AVX2;
+#endif
+#ifdef POPPINS_HAVE_AVX512
+    case TERN_AVX512: return POPPINS_NEED_AVX512;
+#endif
+#ifdef POPPINS_HAVE_NEON
+    case TERN_NEON: return POPPINS_NEED_NEON;
+#endif
+#ifdef POPPINS_HAVE_NEONDOT
+    case TERN_NEONDOT: return POPPINS_NEED_NEONDOT;
+#endif
+    default: return -1;
+    }
+}
+
 const char *tern_kernel_name(int kernel) {
     return kernel >= 0 && kernel < TERN_NKERNELS ? g_names[kernel] : NULL;
 }
@@ -119,7 +112,7 @@ int64_t tern_repack_rows(const uint8_t *src, int64_t src_stride, int64_t m, int6
     int nt = poppins_threads(threads);
     (void)nt;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : invalid) if (m * k > (1 << 20))
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : invalid) if (m * k >= PP_PAR_MIN_ELEMENTS)
 #endif
     for (int64_t r = 0; r < m; r++) {
         const uint8_t *s = src + r * src_stride;
@@ -196,37 +189,42 @@ int tern_matmul(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
     return 0;
 }
 
-/* Round half to even for |v| < 2^22 in the default rounding mode (adding and subtracting
- * 1.5 * 2^23 leaves v rounded to an integer).  Equal to rintf / np.rint on the clamped range.
- * This file is compiled with -std=c11 (no FP contraction) and never with -ffast-math. */
-static inline float round_even(float v) {
-    const float magic = 12582912.0f;
-    float t = v + magic;
-    return t - magic;
+int tern_matvec_padded(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
+                       const int8_t *x, int32_t *y, int kernel) {
+    tern_init();
+    if (kernel < 0) kernel = g_best;
+    if (!tern_kernel_available(kernel)) return -1;
+    if (k < 0 || k > TERN_K_MAX) return -2;
+    if (m <= 0) return 0;
+    if (k == 0) {
+        memset(y, 0, (size_t)m * sizeof(int32_t));
+        return 0;
+    }
+    int32_t xsum = 0;
+    for (int64_t i = 0; i < k; i++) xsum += x[i];
+    const int64_t nb = k / TERN_BLOCK;
+    /* x is zero-padded to whole blocks: its own last block is the padded tail */
+    tern_job job = {w, w_stride, m, k, x, k, 1, (k % TERN_BLOCK) ? x + nb * TERN_BLOCK : NULL,
+                    &xsum, y, m};
+    g_fns[kernel](&job, 0, m);
+    return 0;
 }
+
+static const tern_c_api g_api = {
+    TERN_C_API_VERSION, tern_init, tern_kernel_available, tern_kernel_name, tern_matmul,
+    tern_matvec_padded,
+};
+
+const tern_c_api *tern_get_c_api(void) { return &g_api; }
 
 void tern_quantize_rows(const float *x, int64_t x_stride, int64_t n, int64_t k,
                         int8_t *q, int64_t q_stride, float *scales, int threads) {
     int nt = poppins_threads(threads);
     (void)nt;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (n * k > (1 << 18))
+#pragma omp parallel for schedule(static) num_threads(nt) if (n * k >= PP_PAR_MIN_ELEMENTS)
 #endif
     for (int64_t r = 0; r < n; r++) {
-        const float *xr = x + r * x_stride;
-        int8_t *qr = q + r * q_stride;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < k; i++) {
-            float a = fabsf(xr[i]);
-            amax = a > amax ? a : amax;
-        }
-        float s = amax > 0.0f ? 127.0f / amax : 1.0f;
-        if (!(s <= 3.4028234663852886e38f)) s = 0.0f; /* 127 / max overflowed: a zero row */
-        for (int64_t i = 0; i < k; i++) {
-            float v = xr[i] * s;
-            v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
-            qr[i] = (int8_t)(int)round_even(v);
-        }
-        scales[r] = s > 0.0f ? s : 1.0f;
+        scales[r] = pp_quant_row_f32(x + r * x_stride, k, q + r * q_stride);
     }
 }

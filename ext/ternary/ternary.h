@@ -103,6 +103,8 @@ int tern_init(void);
 int tern_kernel_available(int kernel);
 /* The best runnable path (after tern_init). */
 int tern_best_kernel(void);
+/* The PP_CPU_* feature mask path `kernel` needs (0: scalar); -1 when not compiled in. */
+long tern_kernel_needs(int kernel);
 /* "scalar", "avx2", "avx512", "neon", "neondot"; NULL for an unknown id. */
 const char *tern_kernel_name(int kernel);
 
@@ -121,8 +123,33 @@ int tern_matmul(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
                 const int8_t *x, int64_t x_stride, int64_t n,
                 int32_t *y, int64_t y_stride, int threads, int kernel);
 
-/* Per-token int8 quantization: s = 127 / max|x| (1 for an all-zero row),
- * q = clip(rint(x * s), -128, 127) with round-half-to-even, all in float32. */
+/* y[r] = sum_i t[r][i] x[i] for rows [0, m), on one thread, no allocation: the decode step's
+ * matrix-vector product.  x must be zero-padded to whole blocks (ceil(k / 256) * 256 bytes).
+ * kernel < 0: best path.  Returns 0, -1 (kernel not available) or -2 (k out of range). */
+int tern_matvec_padded(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
+                       const int8_t *x, int32_t *y, int kernel);
+
+/* The C API other extension modules use (poppins._engine), so the ternary kernels are
+ * compiled once, into poppins._ternary: it exports a pointer to this table as the capsule
+ * poppins._ternary._C_API (name TERN_C_API_CAPSULE). */
+#define TERN_C_API_VERSION 1
+#define TERN_C_API_CAPSULE "poppins._ternary._C_API"
+typedef struct {
+    int version;
+    int (*init)(void);
+    int (*kernel_available)(int kernel);
+    const char *(*kernel_name)(int kernel);
+    int (*matmul)(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k, const int8_t *x,
+                  int64_t x_stride, int64_t n, int32_t *y, int64_t y_stride, int threads,
+                  int kernel);
+    int (*matvec_padded)(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k,
+                         const int8_t *x, int32_t *y, int kernel);
+} tern_c_api;
+const tern_c_api *tern_get_c_api(void);
+
+/* Per-token int8 quantization, the one rule of poppins_numerics.h (pp_quant_row_f32):
+ * s = 127 / max(max|x|, 1e-5), q = clip(rint(x * s), -128, 127) with round-half-to-even,
+ * all in float32. */
 void tern_quantize_rows(const float *x, int64_t x_stride, int64_t n, int64_t k,
                         int8_t *q, int64_t q_stride, float *scales, int threads);
 

@@ -11,6 +11,11 @@ cdef extern from "ternary.h" nogil:
     int tern_kernel_available(int kernel)
     int tern_best_kernel()
     const char *tern_kernel_name(int kernel)
+    long tern_kernel_needs(int kernel)
+    ctypedef struct tern_c_api:
+        pass
+    const tern_c_api *tern_get_c_api()
+    const char *TERN_C_API_CAPSULE
     int64_t tern_row_bytes(int64_t k)
     int64_t tern_repack_rows(const uint8_t *src, int64_t src_stride, int64_t m, int64_t k,
                              uint8_t *dst, int64_t dst_stride, int threads)

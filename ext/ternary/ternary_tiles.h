@@ -5,6 +5,8 @@
  *   TERN_TR_MV               rows per tile for n == 1 (matrix-vector)
  *   TERN_OFFSET              1 when the tiles return sum u*x (u = t + 1): subtract sum x
  *   TERN_ROWS_FN             the name of the exported rows function
+ *   TERN_MATVEC_ROWS         (optional) a function (job, r0, r1) doing the n == 1 case instead
+ *                            of tile_mv (the AVX-512 path's row-at-a-time decode matvec)
  *   either TILE_BODY(rows, cols, X) and TERN_HSUM(v) (SIMD paths; the tiles follow below),
  *   or its own
  *   static void tile_mm(const uint8_t **w, const int8_t **x, int64_t nb,
@@ -38,6 +40,7 @@ tile_mm(const uint8_t **w, const int8_t **x, int64_t nb, int32_t out[TERN_TR_MM]
 #undef XMM
 }
 
+#ifndef TERN_MATVEC_ROWS
 static inline __attribute__((always_inline)) void
 tile_mv(const uint8_t **w, const int8_t *x, int64_t nb, int32_t out[TERN_TR_MV]) {
 #define XMV(j) x
@@ -45,6 +48,7 @@ tile_mv(const uint8_t **w, const int8_t *x, int64_t nb, int32_t out[TERN_TR_MV])
     for (int i = 0; i < TERN_TR_MV; i++) out[i] = TERN_HSUM(acc[i][0]);
 #undef XMV
 }
+#endif
 #endif
 
 void TERN_ROWS_FN(const tern_job *job, int64_t r0, int64_t r1) {
@@ -54,6 +58,10 @@ void TERN_ROWS_FN(const tern_job *job, int64_t r0, int64_t r1) {
     const int64_t ws = job->w_stride;
 
     if (n == 1) {
+#ifdef TERN_MATVEC_ROWS
+        TERN_MATVEC_ROWS(job, r0, r1);
+        return;
+#else
         const int8_t *x = job->x;
         const int8_t *xt = job->xtail;
         const int32_t off = TERN_OFFSET ? job->xsum[0] : 0;
@@ -74,6 +82,7 @@ void TERN_ROWS_FN(const tern_job *job, int64_t r0, int64_t r1) {
             for (int i = 0; i < TERN_TR_MV && rt + i < r1; i++) job->y[rt + i] = acc[i] - off;
         }
         return;
+#endif
     }
 
     int64_t cb = TERN_COLBLOCK_BYTES / (k > 0 ? k : 1);

@@ -23,25 +23,25 @@ Kernel layout: the model file stores codes in the ``rows`` layout (packing.py); 
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import numpy as np
 
-from ..errors import PoppinsError
-from ..threads import resolve_threads
+from ..native import KERNEL_PATHS
+from ..threads import PARALLEL_MIN_MACS, resolve_threads
 from . import reference
 from .packing import TernaryTensor, pack_codes
 
-#: every path name the kernels know, in id order
-KERNEL_NAMES = ("scalar", "avx2", "avx512", "neon", "neondot")
+#: every path name the kernels know, in id order (poppins.native's one list)
+KERNEL_NAMES = KERNEL_PATHS
 K_MAX = reference.K_MAX
 LAYOUT = "b256"
 LAYOUT_VERSION = 1
 
 #: products with fewer multiply-adds (m * k * n) than this run on one thread: waking sleeping
-#: (passive) OpenMP workers costs ~5-20 us, more than a small matrix-vector product takes.
-PARALLEL_MIN_WORK = 1 << 22
+#: (passive) OpenMP workers costs ~5-20 us, more than a small matrix-vector product takes
+#: (poppins.threads holds the one definition).
+PARALLEL_MIN_WORK = PARALLEL_MIN_MACS
 
 _backend_mod = None
 
@@ -52,13 +52,9 @@ def _backend():
     if _backend_mod is None:
         from .. import native
 
-        mod = native.load("ternary")
-        if mod is not None:
-            env = _env_kernel()
-            if env is not None and env in KERNEL_NAMES:
-                kid = mod.kernel_id(env)
-                if mod.is_available(kid):
-                    mod.set_default_kernel(kid)
+        # applies POPPINS_KERNEL (native's one rule); a bad request is raised by every call
+        # (resolve_kernel), not here
+        mod = native.load("ternary", check_kernel=False)
         _backend_mod = mod if mod is not None else reference
     return _backend_mod
 
@@ -67,11 +63,6 @@ def reset_backend() -> None:
     """Forget the chosen backend (tests use this after changing POPPINS_NO_EXT)."""
     global _backend_mod
     _backend_mod = None
-
-
-def _env_kernel() -> Optional[str]:
-    v = os.environ.get("POPPINS_KERNEL", "").strip().lower()
-    return v or None
 
 
 def is_compiled() -> bool:
@@ -84,26 +75,15 @@ def available_kernels() -> list:
 
 
 def resolve_kernel(kernel: Optional[str] = None) -> int:
-    """Kernel id for ``kernel`` (or POPPINS_KERNEL, or the best path: -1)."""
-    source = "kernel"
-    name = kernel
-    if name is None:
-        name = _env_kernel()
-        source = "POPPINS_KERNEL"
-    if name is None or name == "auto":
-        return -1
-    name = str(name).strip().lower()
-    if name not in KERNEL_NAMES:
-        raise PoppinsError(f"{source}={name!r}: unknown kernel path; choose one of "
-                           f"{', '.join(KERNEL_NAMES)}")
+    """Kernel id for ``kernel`` (or POPPINS_KERNEL, or the best path: -1); the rule and its
+    errors are poppins.native's (requested_kernel / family_kernel)."""
+    from .. import native
+
+    name, _ = native.requested_kernel(kernel)
     mod = _backend()
-    if mod is reference:
+    if name is None or mod is reference:
         return -1
-    kid = mod.kernel_id(name)
-    if not mod.is_available(kid):
-        raise PoppinsError(f"{source}={name!r}: this kernel path is not available on this "
-                           f"machine (available: {', '.join(mod.available())})")
-    return kid
+    return mod.kernel_id(native.family_kernel("ternary", mod, kernel))
 
 
 def active_kernel(kernel: Optional[str] = None) -> str:
@@ -215,7 +195,7 @@ def matmul_int(w, x: np.ndarray, *, threads: Optional[int] = None,
 def quantize_activations(x: np.ndarray, *, threads: Optional[int] = None
                          ) -> Tuple[np.ndarray, np.ndarray]:
     """Per-token int8 quantization (decisions.md): x float32 (k,) or (n, k) ->
-    (q int8 of the same shape, scales float32 (n,) or a 0-d array), s = 127 / max|x|."""
+    (q int8 of the same shape, scales float32 (n,) or a 0-d array), s = 127 / max(max|x|, 1e-5)."""
     x = np.asarray(x)
     if x.dtype != np.float32:
         raise TypeError(f"x must be float32, got {x.dtype}")

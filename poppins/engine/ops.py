@@ -20,20 +20,11 @@ NAMES = ("rmsnorm", "rmsnorm_quant", "quant_rows", "relu2_quant", "dequant", "ro
 
 def _mod():
     if not _state["loaded"]:
-        import os
-
         from .. import native
 
-        mod = native.load("engine")
-        # POPPINS_KERNEL=scalar|avx2 also forces the engine's dot-product path (read here,
-        # once: the compiled code never reads the environment); other names keep the best
-        want = os.environ.get("POPPINS_KERNEL", "").strip().lower()
-        if mod is not None and want in ("scalar", "avx2"):
-            try:
-                mod.set_kernel(want)
-            except ValueError:
-                pass
-        _state["mod"] = mod
+        # POPPINS_KERNEL=scalar|avx2 also forces the engine's dot-product path; other names
+        # keep the best (applied by native.load: its one rule)
+        _state["mod"] = native.load("engine")
         _state["loaded"] = True
     return _state["mod"]
 

@@ -2,9 +2,9 @@
 
 Every op writes into the arrays it is given and takes ``threads`` only to keep the signature
 of the compiled op (the references are single-threaded).  All float arrays are float32, rows
-C-contiguous.  The quantizer is the one of decisions.md ("Training signal"): per row
-``s = 127 / max|y|`` in float32 (``s = 1`` for an all-zero row), ``q = clip(rint(y * s),
--128, 127)``, round half to even.
+C-contiguous.  The quantizer, RMSNorm and RoPE are the one reference of
+:mod:`poppins.numerics` (the training rule: per row ``s = 127 / max(max|y|, 1e-5)`` in
+float32, ``q = clip(rint(y * s), -128, 127)``, round half to even).
 
 Positions: an op working on ``n`` new tokens gets ``pos0``, the position of the first one;
 token ``t`` sits at position ``pos0 + t`` and attends to cache rows ``0 .. pos0 + t``.
@@ -13,24 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..numerics import act_quant_codes, rmsnorm as _rmsnorm, rope_rotate
+
 
 def _quant_rows(y: np.ndarray, q: np.ndarray, scales: np.ndarray) -> None:
-    y = np.asarray(y, dtype=np.float32)
-    amax = np.max(np.abs(y), axis=1) if y.shape[1] else np.zeros(y.shape[0], np.float32)
-    with np.errstate(divide="ignore", over="ignore"):
-        s = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, np.float32(1)),
-                     np.float32(1)).astype(np.float32)
-    s[~np.isfinite(s)] = 1
-    q[...] = np.clip(np.rint(y * s[:, None]), -128, 127).astype(np.int8)
+    qq, s = act_quant_codes(np.asarray(y, dtype=np.float32))
+    q[...] = qq
     scales[...] = s
 
 
 def _rms(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
-    """x * rstd * g with rstd = 1 / sqrt(mean(x^2) + eps), the mean taken in float64 (as the
-    training forward does)."""
-    ms = np.mean(x.astype(np.float64) ** 2, axis=1)
-    r = (1.0 / np.sqrt(ms + float(eps))).astype(np.float32)
-    return (x * r[:, None]) * g[None, :]
+    """x * rstd * g (poppins.numerics.rmsnorm: the mean of squares in float64)."""
+    return _rmsnorm(x, g, eps)[0]
 
 
 def rmsnorm(x, g, eps, out, threads=1):
@@ -70,15 +64,7 @@ def rope(x, cos, sin, pos0, nheads, head_stride, offset, threads=1):
     of row t of x by the angle of position pos0 + t (rot = 2 * cos.shape[1]; half-split pairs
     (i, i + rot/2): a' = a cos - b sin, b' = a sin + b cos)."""
     n = x.shape[0]
-    half = cos.shape[1]
-    c = cos[pos0:pos0 + n]
-    s = sin[pos0:pos0 + n]
-    for h in range(nheads):
-        c0 = h * head_stride + offset
-        a = x[:, c0:c0 + half].copy()
-        b = x[:, c0 + half:c0 + 2 * half].copy()
-        x[:, c0:c0 + half] = a * c - b * s
-        x[:, c0 + half:c0 + 2 * half] = a * s + b * c
+    rope_rotate(x, cos[pos0:pos0 + n], sin[pos0:pos0 + n], nheads, head_stride, offset)
 
 
 def _softmax_rows(s: np.ndarray) -> np.ndarray:

@@ -14,9 +14,10 @@ Quantizers (decisions.md, "Training signal"):
 - weights, per tensor: ``scale = mean|W|``; ``t = clip(rint(W / scale), -1, 1)`` (round half to
   even).  The mean is taken in float64 and stored as float32; the division is done in float32.
   A tensor whose scale is 0 (all zeros) or not finite quantizes to all zeros with scale 1.
-- activations, per token (row): ``s = 127 / max|x|`` in float32; ``q = clip(rint(x * s), -128,
-  127)`` as int8.  An all-zero row (or one so small that 127 / max overflows) gives zeros and
-  ``s = 1``.  Dequantize with ``y = (sum t * q) * w_scale / s``.
+- activations, per token (row): the one rule of :mod:`poppins.numerics` (training's):
+  ``s = 127 / max(max|x|, 1e-5)`` in float32; ``q = clip(rint(x * s), -128, 127)`` as int8
+  (an all-zero row gives zeros and ``s = 1.27e7``).  Dequantize with
+  ``y = (sum t * q) * w_scale / s``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
+
+from ..numerics import act_quant_codes
 
 CODE_ZERO = 0b00
 CODE_NEG = 0b01
@@ -91,18 +94,7 @@ def quantize_activations_ref(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"quantize_activations_ref needs (n, k), got {x.shape}")
-    n, k = x.shape
-    if k == 0:
-        return np.zeros((n, 0), np.int8), np.ones(n, np.float32)
-    amax = np.max(np.abs(x), axis=1)
-    with np.errstate(divide="ignore", over="ignore"):
-        s = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, np.float32(1)),
-                     np.float32(1)).astype(np.float32)
-    bad = ~np.isfinite(s)
-    s[bad] = 0
-    q = np.clip(np.rint(x * s[:, None]), -128, 127).astype(np.int8)
-    s[bad] = 1
-    return q, s
+    return act_quant_codes(x)
 
 
 @dataclass(frozen=True)

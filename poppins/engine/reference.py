@@ -98,7 +98,8 @@ def matmul(w, k, x, y, threads=1, kernel=-1):
 
 
 def quantize_rows(x, q, scales, threads=1):
-    """scales[r] = 127 / max|x[r]| (1 for a zero row); q = clip(rint(x * s), -128, 127)."""
+    """scales[r] = 127 / max(max|x[r]|, 1e-5); q = clip(rint(x * s), -128, 127)
+    (poppins.numerics.act_quant_codes)."""
     qq, ss = quantize_activations_ref(x)
     q[:, :] = qq
     scales[:] = ss

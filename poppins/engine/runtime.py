@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import PoppinsError
 from ..numerics import rope_tables
-from ..threads import resolve_threads
+from ..threads import PARALLEL_MIN_MACS, resolve_threads
 from . import kernels as TK
 from . import ops
 from .attention import ATTENTION, attention_unit
@@ -31,7 +31,7 @@ from .config import ModelConfig
 from .modelfile import ModelFile, load_model_file
 
 #: products with fewer multiply-adds than this run the ternary kernel on one thread
-PARALLEL_MIN_WORK = 1 << 18
+PARALLEL_MIN_WORK = PARALLEL_MIN_MACS
 
 MODEL_FILE = "model.poppins"
 

@@ -6,12 +6,10 @@ from ``poppins.native.load("ops")`` or, when the extension is missing (or
 ``POPPINS_NO_EXT=1``), the reference of the same signature in :mod:`poppins.model.reference`.
 The thread count is always passed explicitly (see :mod:`poppins.threads`).
 
-``POPPINS_KERNEL=scalar|avx2|avx512`` forces the SIMD path of the compiled kernels (read here,
-once; the kernels themselves never read the environment).
+``POPPINS_KERNEL=scalar|avx2|avx512`` forces the SIMD path of the compiled kernels: applied by
+``poppins.native.load`` (its one reader and rule); the kernels never read the environment.
 """
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -24,14 +22,7 @@ _state = {"mod": None, "loaded": False}
 
 def _ops():
     if not _state["loaded"]:
-        mod = native.load("ops")
-        if mod is not None:
-            want = os.environ.get("POPPINS_KERNEL", "").strip().lower()
-            if want and hasattr(mod, "set_kernel"):
-                try:
-                    mod.set_kernel(want)
-                except ValueError:
-                    pass  # not available on this CPU/build: keep the detected path
+        mod = native.load("ops")  # applies POPPINS_KERNEL (native's one rule)
         _state["mod"] = mod
         _state["loaded"] = True
     return _state["mod"]

@@ -13,22 +13,15 @@ Quantizer rules (decisions.md, "Training signal"):
 * weights, per tensor: ``scale = mean|W|`` (accumulated in float64, clamped below at 1e-5),
   ``q = clip(rint(W / scale), -1, 1)``, dequantized as ``q * scale``.
 
-``rint`` rounds half to even.
+``rint`` rounds half to even.  The activation quantizer, RMSNorm and RoPE are the one
+reference of :mod:`poppins.numerics` (shared with the engine).
 """
 from __future__ import annotations
 
 import numpy as np
 
-#: Lower clamp of max|x| (activations) and mean|W| (weights): an all-zero row/tensor stays 0.
-QUANT_EPS = 1e-5
-
-
-def _act_quant_rows(y: np.ndarray) -> np.ndarray:
-    """Per-row absmax int8 quantize + dequantize (in y's dtype)."""
-    dt = y.dtype
-    m = np.maximum(np.max(np.abs(y), axis=-1, keepdims=True), dt.type(QUANT_EPS))
-    s = (dt.type(127.0) / m).astype(dt)
-    return (np.clip(np.rint(y * s), -128, 127) / s).astype(dt)
+from ..numerics import QUANT_EPS, rms_rstd, rope_rotate
+from ..numerics import act_quant_dequant as _act_quant_rows
 
 
 def gemm(a, b, out, trans_a, trans_b, accumulate, threads=1):
@@ -52,9 +45,7 @@ def rmsnorm_quant_fwd(x, g, out, rstd, eps, quant, threads=1):
     x: [n, d]; g: [d]; out: [n, d]; rstd: [n].  The mean of squares is accumulated in float64.
     """
     x = np.asarray(x)
-    dt = x.dtype
-    ms = np.mean(x.astype(np.float64) ** 2, axis=1)
-    r = (1.0 / np.sqrt(ms + float(eps))).astype(dt)
+    r = rms_rstd(x, eps)
     rstd[...] = r
     y = (x * r[:, None]) * g[None, :]
     out[...] = _act_quant_rows(y) if quant else y
@@ -110,18 +101,12 @@ def rope(x, cos, sin, seq_len, nheads, head_stride, offset, inverse, threads=1):
     opposite angle (the backward pass).
     """
     n = x.shape[0]
-    half = cos.shape[1]
     pos = np.arange(n) % seq_len
     c = cos[pos]
     s = sin[pos]
     if inverse:
         s = -s
-    for h in range(nheads):
-        c0 = h * head_stride + offset
-        a = x[:, c0:c0 + half].copy()
-        b = x[:, c0 + half:c0 + 2 * half].copy()
-        x[:, c0:c0 + half] = a * c - b * s
-        x[:, c0 + half:c0 + 2 * half] = a * s + b * c
+    rope_rotate(x, c, s, nheads, head_stride, offset)
 
 
 def _allowed(seg_start_row, T):
