@@ -10,7 +10,8 @@ An attention type answers, for a :class:`~poppins.engine.config.ModelConfig` ``c
   of a session (:meth:`~Attention.new_cache`: two arrays per layer, handed in that order to the
   compiled decode step), its scratch buffers (:meth:`~Attention.scratch`) and the Python step
   for n tokens (:meth:`~Attention.step`: normalized, quantized input -> ``s.o``);
-- ``c_kind``: the attention enum of the compiled decode step (ext/engine).
+- in C: its ``eng_attention`` enum value (ext/engine/engine_step.h), mapped from ``name``
+  in one place (``_ATTENTION`` in ext/engine/_engine.pyx), and its unit in engine_step.c.
 
 The training side (params' buffers, forward, backward) subclasses these in
 :mod:`poppins.model.attention`.  To add an attention type: a subclass here (config + engine),
@@ -38,8 +39,6 @@ class Attention:
     """The interface; see the module docstring."""
 
     name = ""
-    #: the compiled decode step's attention enum (eng_model.mla today: 0 MHA/GQA, 1 MLA)
-    c_kind = 0
     #: the engine layer's attributes this type sets in :meth:`load` (the compiled decode
     #: step reads every type's attributes; the ones of other types stay None)
     layer_slots: Tuple[str, ...] = ()
@@ -95,7 +94,6 @@ class MHA(Attention):
     fused BitLinear ``wqkv``; the cache holds the rotated keys and the values per kv head."""
 
     name = "mha"
-    c_kind = 0
     layer_slots = ("wqkv",)
 
     def n_kv_heads(self, cfg):
@@ -159,7 +157,6 @@ class MLA(Attention):
     ops_ref.mla_attention)."""
 
     name = "mla"
-    c_kind = 1
     layer_slots = ("wq", "wq_a", "wq_b", "q_norm", "wkv_a", "kv_norm", "wkv_b", "wkv_b_vals")
 
     def n_kv_heads(self, cfg):
