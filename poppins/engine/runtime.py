@@ -28,7 +28,7 @@ from ..model.model import rope_tables
 from ..threads import resolve_threads
 from . import kernels as TK
 from . import ops
-from .modelfile import ModelFile, load_model_file
+from .modelfile import ModelFile, check_model_config, load_model_file
 
 #: products with fewer multiply-adds than this run the ternary kernel on one thread
 PARALLEL_MIN_WORK = 1 << 18
@@ -101,10 +101,7 @@ class Engine:
                  use_reference: bool = False):
         self.file = mf
         self.path = mf.path
-        try:
-            self.cfg = ModelConfig.from_dict(dict(mf.config), source=str(mf.path))
-        except TypeError as exc:
-            raise PoppinsError(f"model config: {exc}", file=str(mf.path)) from None
+        self.cfg = check_model_config(mf)
         cfg = self.cfg
         self.threads = resolve_threads(threads)
         self.use_reference = use_reference
