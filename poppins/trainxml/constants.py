@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 
+#: No integer constant may exceed this (they size memory or count loop iterations).
+MAX_INT = (1 << 31) - 1
+
+
 @dataclass(frozen=True)
 class ConstantSpec:
     name: str             # dash-case element name
@@ -42,22 +46,22 @@ def _between(lo, hi, hi_inclusive=True):
 
 _S = ConstantSpec
 SPECS: Dict[str, ConstantSpec] = {s.name: s for s in [
-    _S("embedding-dim", "int", _min(8), flag="--dim"),
-    _S("layers", "int", _min(1), flag="--layers"),
-    _S("heads", "int", _min(1), flag="--heads"),
-    _S("kv-heads", "int", _min(1), flag="--kv-heads"),
+    _S("embedding-dim", "int", _between(8, 1 << 16), flag="--dim"),
+    _S("layers", "int", _between(1, 1024), flag="--layers"),
+    _S("heads", "int", _between(1, 1024), flag="--heads"),
+    _S("kv-heads", "int", _between(1, 1024), flag="--kv-heads"),
     _S("attention", "enum", choices=("mha", "mla"), flag="--attention"),
-    _S("context-length", "int", _min(8), flag="--context"),
+    _S("context-length", "int", _between(8, 1 << 20), flag="--context"),
     _S("steps", "int", _min(0), flag="--steps"),
     _S("epochs", "float", _min(0, inclusive=False), flag="--epochs"),
-    _S("batch-size", "int", _min(1), flag="--batch-size"),
+    _S("batch-size", "int", _between(1, 1 << 16), flag="--batch-size"),
     _S("learning-rate", "float", _between(0, 10), flag="--lr"),
     _S("weight-decay", "float", _between(0, 10), flag="--weight-decay"),
     _S("warmup-steps", "int", _min(0)),
     _S("val-interval", "int", _min(1)),
     _S("aim-loss", "float", _min(0, inclusive=False)),
     _S("gradient-accumulation-steps", "int", _min(1)),
-    _S("bpe-vocab-size", "int", _min(381)),
+    _S("bpe-vocab-size", "int", _between(381, 1 << 20)),
     _S("bpe-min-merge-frequency", "int", _min(0)),
     _S("bpe-requested-tokens", "list"),
     _S("loss-scale-response", "float", _min(0)),
@@ -95,9 +99,13 @@ def parse_value(spec: ConstantSpec, raw: str) -> Tuple[Any, Optional[str]]:
     text = raw.strip()
     if spec.kind == "int":
         try:
-            value = int(text, 10)
+            value = int(text, 10) if text.isascii() and len(text) <= 20 else None
         except ValueError:
-            return None, f"must be a whole number, got {raw!r}"
+            value = None
+        if value is None:
+            return None, f"must be a whole number, got {raw[:40]!r}"
+        if abs(value) > MAX_INT:
+            return None, f"must be at most {MAX_INT}, got {raw[:40]!r}"
     elif spec.kind == "float":
         try:
             value = float(text)
