@@ -79,18 +79,25 @@ class Memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
                                        check_same_thread=False)
+            # every check reads only, so a file that is not ours is left byte-identical
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION or version < 0:
+                raise PoppinsError(f"{self.path}: memory database version {version} is not one "
+                                   f"this poppins understands ({SCHEMA_VERSION})")
+            fresh = False
+            if version == 0:
+                have = self._check_foreign()
+                self._check_schema(only=have)
+                fresh = len(have) < len(_COLUMNS)
+            else:
+                self._check_schema()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION or version < 0:
-                raise PoppinsError(f"{self.path}: memory database version {version} is newer than "
-                                   f"this poppins understands ({SCHEMA_VERSION})")
-            if version == 0:   # CREATE ... IF NOT EXISTS: safe when two processes race here
-                self._check_foreign()
+            if fresh:   # CREATE ... IF NOT EXISTS: safe when two processes race here
                 self._db.executescript(_SCHEMA)
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._check_schema()
+                self._check_schema()
         except (sqlite3.Error, OSError) as exc:
             self._close_quietly()
             raise PoppinsError(f"{self.path}: cannot open the memory database ({exc})") from None
@@ -105,17 +112,21 @@ class Memory:
             except sqlite3.Error:
                 pass
 
-    def _check_foreign(self) -> None:
-        """A version-0 file that already holds tables other than ours is someone else's."""
+    def _check_foreign(self) -> List[str]:
+        """A version-0 file that already holds tables other than ours is someone else's;
+        returns which of ours it holds."""
         names = [r[0] for r in self._db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
         foreign = [n for n in names if n not in _COLUMNS]
         if foreign:
             raise PoppinsError(f"{self.path}: not a poppins memory database (it holds the table "
                                f"{foreign[0]!r}); choose another file")
+        return [n for n in names if n in _COLUMNS]
 
-    def _check_schema(self) -> None:
+    def _check_schema(self, only: Optional[Sequence[str]] = None) -> None:
         for table, cols in _COLUMNS.items():
+            if only is not None and table not in only:
+                continue
             got = [(r[1], str(r[2]).upper()) for r in
                    self._db.execute(f"PRAGMA table_info({table})").fetchall()]
             if got != cols:

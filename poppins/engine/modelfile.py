@@ -245,6 +245,7 @@ def check_model_config(mf: ModelFile):
     nothing sized by the header is allocated before it is known to fit."""
     from ..model.config import ModelConfig
     from ..model.model import param_shapes
+    from .kernels import K_MAX
 
     path = mf.path
     try:
@@ -280,6 +281,14 @@ def check_model_config(mf: ModelFile):
         if tuple(t.shape) != shape:
             raise field_error(path, "model file", f"tensors ({name!r}).shape",
                               f"{list(t.shape)}, the config implies {list(shape)}")
+        if ternary:
+            if shape[1] > K_MAX:
+                raise field_error(path, "model file", f"tensors ({name!r}).shape",
+                                  f"k={shape[1]} columns is over the kernels' limit {K_MAX}")
+            codes = np.asarray(t.codes)
+            if codes.size and np.bitwise_and(codes, codes >> 1).__iand__(0x55).any():
+                raise field_error(path, "model file", f"tensors ({name!r})",
+                                  "invalid 2-bit codes (0b11) in the ternary data")
     extra = [n for n in mf.tensors if n not in expected]
     if extra:
         raise field_error(path, "model file", "tensors", f"tensor {extra[0]!r} does not belong "

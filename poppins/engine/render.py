@@ -46,7 +46,7 @@ def _decode(data: bytes, final: bool) -> str:
     return dec.decode(data, final=final)
 
 
-_LINK = re.compile(r"https?://[^\s()<>\"'`\\]+\Z", re.ASCII | re.IGNORECASE)
+_LINK = re.compile(r"https?://[A-Za-z0-9\-._~:/?#\[\]@!$&*+,;=%]+\Z", re.IGNORECASE)
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 

@@ -76,6 +76,14 @@ def check_checkpoint(path, header: Dict[str, Any], arrays: Dict[str, np.ndarray]
         raise bad("model_config", str(exc)) from None
     except PoppinsError as exc:
         raise bad("model_config", "; ".join(p.message for p in exc.problems)) from None
+    from .config import TrainConfig
+
+    try:
+        TrainConfig.from_dict(dict(header["train_config"]))
+    except (PoppinsError, TypeError, ValueError, OverflowError) as exc:
+        msg = "; ".join(p.message for p in exc.problems) if isinstance(exc, PoppinsError) \
+            else str(exc)
+        raise bad("train_config", msg[:200]) from None
     n = 0
     for _name, shape, _kind in param_shapes(mcfg):
         k = 1
