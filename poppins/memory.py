@@ -64,7 +64,7 @@ def _guard(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise PoppinsError(f"{self.path}: the memory database is damaged or not poppins' "
                                f"({exc})") from None
     return wrapper
@@ -98,7 +98,7 @@ class Memory:
                 self._db.executescript(_SCHEMA)
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._check_schema()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, UnicodeDecodeError) as exc:
             self._close_quietly()
             raise PoppinsError(f"{self.path}: cannot open the memory database ({exc})") from None
         except PoppinsError:

@@ -260,6 +260,9 @@ def check_model_config(mf: ModelFile):
         raise field_error(path, "model file", "config", f"a full-context session needs "
                           f"{need >> 20} MiB of KV cache and rotary tables, over the limit of "
                           f"{MAX_RUNTIME_BYTES >> 20} MiB")
+    if 5 * cfg.layers > len(mf.tensors):   # every layer has at least 5 tensors
+        raise field_error(path, "model file", "config.layers",
+                          f"{cfg.layers} layers, but the file has only {len(mf.tensors)} tensors")
     expected = {}
     for name, shape, kind in param_shapes(cfg):
         expected[name] = (tuple(shape), kind)

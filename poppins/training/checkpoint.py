@@ -12,6 +12,7 @@ and the field otherwise, so the trainer can use them without further checks.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -84,12 +85,17 @@ def check_checkpoint(path, header: Dict[str, Any], arrays: Dict[str, np.ndarray]
         msg = "; ".join(p.message for p in exc.problems) if isinstance(exc, PoppinsError) \
             else str(exc)
         raise bad("train_config", msg[:200]) from None
-    n = 0
-    for _name, shape, _kind in param_shapes(mcfg):
-        k = 1
-        for d in shape:
-            k *= d
-        n += k
+    # the parameter count, in time independent of the (possibly hostile) layer count
+    def count(layers: int) -> int:
+        n = 0
+        for _name, shape, _kind in param_shapes(dataclasses.replace(mcfg, layers=layers)):
+            k = 1
+            for d in shape:
+                k *= d
+            n += k
+        return n
+    one, two = count(1), count(2)
+    n = one + (mcfg.layers - 1) * (two - one)
     dtype = np.dtype(mcfg.dtype)
     for key in ARRAYS:
         a = arrays.get(key)
