@@ -72,3 +72,86 @@ def test_the_harness_catches_a_hang(fx, tmp_path, monkeypatch):
     monkeypatch.setattr(fuzz, "_use_tokenizer", lambda path, text: time.sleep(5))
     outcome, detail = fuzz.run_case("tokenizer", case, fx, tmp_path, timeout=0.2)
     assert outcome == "fail" and "hang" in detail
+
+
+# ---------------------------------------------------------------- hand-made tokenizer.json cases
+
+def _tok_obj(fx):
+    import json
+
+    return json.loads(fx.tokenizer_json)
+
+
+def _load_tok(tmp_path, data):
+    from poppins.tokenizer import Tokenizer
+
+    p = tmp_path / "tokenizer.json"
+    p.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
+    return p, lambda: Tokenizer.from_file(p)
+
+
+def test_one_huge_vocab_id_is_refused_quickly(fx, tmp_path):
+    import json
+    import time
+
+    from poppins.errors import PoppinsError
+
+    obj = _tok_obj(fx)
+    key = next(iter(obj["model"]["vocab"]))
+    obj["model"]["vocab"][key] = 10 ** 8
+    p, load = _load_tok(tmp_path, json.dumps(obj))
+    t0 = time.monotonic()
+    with pytest.raises(PoppinsError, match=r"tokenizer\.json: field model\.vocab.*id 100000000"):
+        load()
+    assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda o: o["model"].update(vocab=[1, 2]), "model.vocab"),
+    (lambda o: o["model"].update(merges="a b"), "model.merges"),
+    (lambda o: o["model"]["merges"].append("zz qq"), "model.merges["),
+    (lambda o: o["model"]["merges"].append(["a"]), "model.merges["),
+    (lambda o: o["model"]["merges"].append(5), "model.merges["),
+    (lambda o: o.update(added_tokens={"a": 1}), "added_tokens"),
+    (lambda o: o["added_tokens"][0].update(id="1"), "added_tokens[0].id"),
+    (lambda o: o["added_tokens"][0].update(content=7), "added_tokens[0].content"),
+    (lambda o: o["added_tokens"][0].update(special="yes"), "added_tokens[0].special"),
+    (lambda o: o["added_tokens"].append(dict(o["added_tokens"][0])), "added_tokens"),
+    (lambda o: o.update(model=[]), "field model"),
+    (lambda o: o.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [1, 2]}), "pre_tokenizer"),
+    (lambda o: o["model"]["vocab"].update(extra=True), "model.vocab['extra']"),
+    (lambda o: o["model"]["vocab"].pop("a"), "ids without a token"),
+])
+def test_wrong_json_types_name_the_field(fx, tmp_path, mutate, field):
+    import json
+
+    from poppins.errors import PoppinsError
+
+    obj = _tok_obj(fx)
+    mutate(obj)
+    p, load = _load_tok(tmp_path, json.dumps(obj))
+    with pytest.raises(PoppinsError) as e:
+        load()
+    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+
+
+def test_invalid_utf8_and_deep_nesting(fx, tmp_path):
+    from poppins.errors import PoppinsError
+
+    p, load = _load_tok(tmp_path, fx.tokenizer_json.encode()[:100] + b"\xff\xfe" +
+                        fx.tokenizer_json.encode()[100:])
+    with pytest.raises(PoppinsError, match=r"tokenizer\.json: not UTF-8"):
+        load()
+    p, load = _load_tok(tmp_path, "[" * 200_000)
+    with pytest.raises(PoppinsError, match=r"tokenizer\.json.*not valid JSON"):
+        load()
+
+
+def test_lone_surrogate_in_text_is_an_error(fx, tmp_path):
+    from poppins.errors import PoppinsError
+    from poppins.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_json_str(fx.tokenizer_json)
+    with pytest.raises(PoppinsError, match="lone surrogate"):
+        tok.encode("a\udc80b")
+    assert tok.decode(tok.encode("a\U0001F600b")) == "a\U0001F600b"

@@ -99,7 +99,7 @@ def parse_value(spec: ConstantSpec, raw: str) -> Tuple[Any, Optional[str]]:
     text = raw.strip()
     if spec.kind == "int":
         try:
-            value = int(text, 10) if text.isascii() and len(text) <= 20 else None
+            value = int(text, 10) if text.isascii() and len(text) <= 40 else None
         except ValueError:
             value = None
         if value is None:
