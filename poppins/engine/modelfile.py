@@ -241,8 +241,9 @@ def runtime_bytes(cfg) -> int:
 def check_model_config(mf: ModelFile):
     """The ModelConfig of a loaded model file, checked against the tensor table (every tensor
     the config implies present, with its shape and a valid dtype; no extra layers), the
-    tokenizer's vocabulary and the runtime limits (MAX_CONTEXT, MAX_RUNTIME_BYTES), so
-    nothing sized by the header is allocated before it is known to fit."""
+    tokenizer's vocabulary (the same size) and the runtime limits (MAX_CONTEXT,
+    MAX_RUNTIME_BYTES), so nothing sized by the header is allocated before it is known to
+    fit."""
     from ..model.config import ModelConfig
     from ..model.model import param_shapes
     from .kernels import K_MAX
@@ -297,9 +298,9 @@ def check_model_config(mf: ModelFile):
         raise field_error(path, "model file", "tensors", f"tensor {extra[0]!r} does not belong "
                           f"to the config ({cfg.layers} layers, attention {cfg.attention})")
     size = _tokenizer_size(mf.tokenizer_json)
-    if size is not None and size > cfg.vocab_size:
+    if size is not None and size != cfg.vocab_size:   # ids past the tokenizer cannot be decoded
         raise field_error(path, "model file", "config.vocab_size",
-                          f"{cfg.vocab_size} is smaller than the tokenizer's {size} tokens")
+                          f"{cfg.vocab_size}, but the tokenizer has {size} tokens")
     return cfg
 
 
