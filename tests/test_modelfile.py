@@ -334,6 +334,7 @@ def test_invalid_ternary_codes_name_the_file(real, tmp_path):
     (lambda h: h["arrays"][0].update(shape=[1, 2, 3, 4, 5, 6, 7, 8, 9]), ".shape"),
     (lambda h: h.pop("model_config"), "model_config"),
     (lambda h: h["model_config"].update(layers=10 ** 9), "arrays ('params').shape"),
+    (lambda h: h["model_config"].update(context_length=2 ** 31 - 1), "model_config.context_length"),
     (lambda h: h["model_config"].update(dim="x"), "model_config"),
     (lambda h: h["train_config"].update(lr="fast"), "train_config"),
     (lambda h: h.update(step=-1), "field step"),

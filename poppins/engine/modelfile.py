@@ -238,6 +238,19 @@ def runtime_bytes(cfg) -> int:
     return 4 * ctx * per * cfg.layers + 2 * 4 * ctx * (cfg.rope_width // 2)
 
 
+def check_runtime_limits(path, what: str, field: str, cfg) -> None:
+    """The one check of a model config's runtime sizes (model files and checkpoints):
+    context_length at most MAX_CONTEXT, KV cache and rotary tables at most MAX_RUNTIME_BYTES."""
+    if cfg.context_length > MAX_CONTEXT:
+        raise field_error(path, what, f"{field}.context_length",
+                          f"{cfg.context_length} is over the limit of {MAX_CONTEXT}")
+    need = runtime_bytes(cfg)
+    if need > MAX_RUNTIME_BYTES:
+        raise field_error(path, what, field, f"a full-context session needs {need >> 20} MiB "
+                          f"of KV cache and rotary tables, over the limit of "
+                          f"{MAX_RUNTIME_BYTES >> 20} MiB")
+
+
 def check_model_config(mf: ModelFile):
     """The ModelConfig of a loaded model file, checked against the tensor table (every tensor
     the config implies present, with its shape and a valid dtype; no extra layers), the
@@ -253,14 +266,7 @@ def check_model_config(mf: ModelFile):
         cfg = ModelConfig.from_dict(dict(mf.config), source=str(path))
     except TypeError as exc:
         raise PoppinsError(f"corrupted model file: field config: {exc}", file=str(path)) from None
-    if cfg.context_length > MAX_CONTEXT:
-        raise field_error(path, "model file", "config.context_length",
-                          f"{cfg.context_length} is over the limit of {MAX_CONTEXT}")
-    need = runtime_bytes(cfg)
-    if need > MAX_RUNTIME_BYTES:
-        raise field_error(path, "model file", "config", f"a full-context session needs "
-                          f"{need >> 20} MiB of KV cache and rotary tables, over the limit of "
-                          f"{MAX_RUNTIME_BYTES >> 20} MiB")
+    check_runtime_limits(path, "model file", "config", cfg)
     if 5 * cfg.layers > len(mf.tensors):   # every layer has at least 5 tensors
         raise field_error(path, "model file", "config.layers",
                           f"{cfg.layers} layers, but the file has only {len(mf.tensors)} tensors")

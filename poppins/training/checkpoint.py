@@ -77,7 +77,10 @@ def check_checkpoint(path, header: Dict[str, Any], arrays: Dict[str, np.ndarray]
         raise bad("model_config", str(exc)) from None
     except PoppinsError as exc:
         raise bad("model_config", "; ".join(p.message for p in exc.problems)) from None
+    from ..engine.modelfile import check_runtime_limits
     from .config import TrainConfig
+
+    check_runtime_limits(path, WHAT, "model_config", mcfg)
 
     try:
         TrainConfig.from_dict(dict(header["train_config"]))
