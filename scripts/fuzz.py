@@ -38,6 +38,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -671,7 +672,19 @@ def _drive(kind: str, seed: int, n: int, timeout: float, fixture: str, verbose: 
                "--fixture", fixture]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
         last = i - 1
+        # a watchdog for hangs the in-worker alarm cannot interrupt (C code that never
+        # returns): no case reported for 3x the timeout (plus the fixture's build) -> kill
+        progress = [time.monotonic() + 60.0]
+        stop = threading.Event()
+
+        def watch():
+            while not stop.wait(1.0):
+                if time.monotonic() - progress[0] > 3 * timeout:
+                    proc.kill()
+                    return
+        threading.Thread(target=watch, daemon=True).start()
         for line in proc.stdout:
+            progress[0] = time.monotonic()
             try:
                 rec = json.loads(line)
             except ValueError:
@@ -683,10 +696,12 @@ def _drive(kind: str, seed: int, n: int, timeout: float, fixture: str, verbose: 
                 if verbose:
                     print(failures[-1], file=sys.stderr)
         rc = proc.wait()
+        stop.set()
         i = last + 1
         if rc != 0 and i < n:
             counts["crash"] += 1
-            failures.append(f"{kind} case {i} (seed {seed}): worker died with code {rc}")
+            failures.append(f"{kind} case {i} (seed {seed}): worker died with code {rc} "
+                            "(a crash, or killed by the watchdog after a hang)")
             print(failures[-1], file=sys.stderr)
             i += 1
     return counts, failures
@@ -723,7 +738,11 @@ def main(argv=None) -> int:
                   f"{counts['crash']} crashes  [{time.monotonic() - t1:.0f} s]", flush=True)
             for f in failures[:5]:
                 print("    " + f.replace("\n", "\n    ")[:2000])
-    print(f"fuzz: {'PASS' if ok else 'FAIL'} in {time.monotonic() - t0:.0f} s")
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss >> 10
+    print(f"fuzz: {'PASS' if ok else 'FAIL'} in {time.monotonic() - t0:.0f} s "
+          f"(peak RSS of a worker: {rss} MiB)")
     return 0 if ok else 1
 
 
