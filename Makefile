@@ -4,6 +4,9 @@
 #   make bench   speed against the named peers (pytest-benchmark; ratios in one run)
 #   make build   (re)build the compiled extensions in place (incremental)
 #   make clean   remove build outputs
+#   make fuzz    hostile-input fuzzing: FUZZ_CASES (default 100000) mutated model files,
+#                checkpoints, tokenizer.json, train.xml and memory DBs; each must work or
+#                give a PoppinsError naming the file, within 10 s (scripts/fuzz.py)
 # Knobs: PYTHON=python3.x, POPPINS_NO_OPENMP=1 (build without OpenMP),
 #        POPPINS_NO_EXT=1 (run on the pure-Python/NumPy references).
 
@@ -12,7 +15,7 @@ PIP = $(PYTHON) -m pip
 STAMP = build/.deps-installed
 DEMO_DIR ?= demo
 
-.PHONY: install build test bench demo clean test-arm info
+.PHONY: install build test bench demo clean test-arm info fuzz
 
 $(STAMP): pyproject.toml setup.py
 	$(PIP) install -q --disable-pip-version-check "setuptools>=77" wheel "Cython>=3" "numpy>=1.24"
@@ -37,6 +40,11 @@ demo: build
 
 info: build
 	$(PYTHON) -m poppins info
+
+FUZZ_CASES ?= 100000
+FUZZ_SEED ?= 1
+fuzz: build
+	nice $(PYTHON) scripts/fuzz.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
 
 test-arm:
 	bash scripts/test_arm.sh

@@ -30,7 +30,7 @@ from poppins.engine.modelfile import write_model_file
 from poppins.engine.packing import TernaryTensor, packed_row_bytes
 from poppins.engine.runtime import Engine
 from poppins.model.config import ModelConfig
-from poppins.model.model import param_shapes
+from poppins.engine.config import param_shapes
 
 #: name -> (dim, layers, heads); 12 * dim^2 ternary parameters per layer
 SIZES = {"10M": (256, 12, 4), "100M": (768, 14, 12), "400M": (1024, 32, 16)}

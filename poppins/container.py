@@ -24,7 +24,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,6 +37,11 @@ PREFIX = struct.Struct("<8sIIQ")    # magic, version, reserved, header length
 TRAILER = struct.Struct("<8sQ32s")  # trailer magic, data bytes, sha256
 PREFIX_SIZE, TRAILER_SIZE = PREFIX.size, TRAILER.size
 MAX_HEADER = 1 << 31
+#: At most this many dimensions in a table entry's shape.
+MAX_NDIM = 8
+#: The NumPy dtypes a container's array table may name (little-endian numbers only).
+ARRAY_DTYPES = {s: np.dtype(s) for s in ("<f2", "<f4", "<f8", "|i1", "<i2", "<i4", "<i8",
+                                         "|u1", "<u2", "<u4", "<u8", "|b1")}
 
 
 def align(n: int) -> int:
@@ -119,11 +124,13 @@ def read_frame(path, magic: bytes, version: int, what: str, mmap: bool = True,
             raise ValueError("not an object")
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"corrupted {what}: the header is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise fail(f"corrupted {what}: the header is not valid JSON (nested too deeply)") from None
     data_start = align(PREFIX_SIZE + hlen)
-    try:
-        data_bytes = int(header["data_bytes"])
-    except (KeyError, TypeError, ValueError):
-        raise fail(f"corrupted {what}: the header has no valid 'data_bytes'") from None
+    data_bytes = header.get("data_bytes")
+    if not is_int(data_bytes) or data_bytes < 0:
+        raise fail(f"corrupted {what}: the header has no valid 'data_bytes' "
+                   f"(got {_short(data_bytes)})")
     expected = data_start + data_bytes + TRAILER_SIZE
     if size < expected:
         raise fail(f"truncated {what} ({size} bytes, expected {expected})")
@@ -141,6 +148,92 @@ def read_frame(path, magic: bytes, version: int, what: str, mmap: bool = True,
         if h.digest() != digest:
             raise fail(f"corrupted {what}: SHA-256 checksum mismatch")
     return header, buf, data_start, data_bytes
+
+
+def is_int(v) -> bool:
+    """A JSON integer (not a bool, not a float)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _short(v, n: int = 40) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "..."
+
+
+def field_error(path, what: str, field: str, msg: str) -> PoppinsError:
+    """The one shape of a format error: ``FILE: corrupted WHAT: field FIELD: MSG``."""
+    return PoppinsError(f"corrupted {what}: field {field}: {msg}", file=str(path))
+
+
+def check_table(path, what: str, table, data_bytes: int,
+                nbytes_of: Callable[[Any, Tuple[int, ...], Dict[str, Any]], Optional[int]],
+                key: str = "tensors") -> List[Dict[str, Any]]:
+    """Check a section table (a list of {"name", "dtype", "shape", "offset", "nbytes", ...})
+    before anything is allocated: every field typed, shapes non-negative and at most MAX_NDIM
+    long, offsets non-negative and ALIGN-aligned, every section inside the data and no two
+    non-empty sections overlapping, names unique, and ``nbytes`` equal to what
+    ``nbytes_of(dtype, shape, entry)`` says (None: the dtype is unknown).  Returns the entries
+    with ``shape`` as a tuple; raises the PoppinsError of the first bad field."""
+    if not isinstance(table, list):
+        raise field_error(path, what, key, f"not a list (got {type(table).__name__})")
+    out: List[Dict[str, Any]] = []
+    names = set()
+    for i, e in enumerate(table):
+        where = f"{key}[{i}]"
+        if not isinstance(e, dict):
+            raise field_error(path, what, where, "not an object")
+        name = e.get("name")
+        if not isinstance(name, str) or not name:
+            raise field_error(path, what, f"{where}.name", f"not a non-empty string "
+                              f"(got {_short(name)})")
+        where = f"{key}[{i}] ({_short(name)})"
+        if name in names:
+            raise field_error(path, what, f"{where}.name", "a duplicate name")
+        names.add(name)
+        shape = e.get("shape")
+        if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+                or not all(is_int(d) and d >= 0 for d in shape)):
+            raise field_error(path, what, f"{where}.shape", f"not a list of at most {MAX_NDIM} "
+                              f"non-negative integers (got {_short(shape)})")
+        shape = tuple(shape)
+        offset, nbytes = e.get("offset"), e.get("nbytes")
+        for f, v in (("offset", offset), ("nbytes", nbytes)):
+            if not is_int(v) or v < 0:
+                raise field_error(path, what, f"{where}.{f}", f"not a non-negative integer "
+                                  f"(got {_short(v)})")
+        if offset % ALIGN or offset + nbytes > data_bytes:
+            raise field_error(path, what, f"{where}.offset", f"section [{offset}, "
+                              f"{offset + nbytes}) outside the data ({data_bytes} bytes) or "
+                              f"not {ALIGN}-aligned")
+        dtype = e.get("dtype")
+        want = nbytes_of(dtype, shape, e) if isinstance(dtype, str) else None
+        if want is None:
+            raise field_error(path, what, f"{where}.dtype", f"unknown dtype {_short(dtype)}")
+        if nbytes != want:
+            raise field_error(path, what, f"{where}.nbytes", f"{nbytes} bytes do not hold a "
+                              f"{dtype} {list(shape)} array ({want} bytes)")
+        out.append(dict(e, shape=shape))
+    spans = sorted((e["offset"], e["offset"] + e["nbytes"], e["name"]) for e in out
+                   if e["nbytes"])
+    for (s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise field_error(path, what, key, f"sections {n0!r} and {n1!r} overlap")
+    return out
+
+
+def array_nbytes(dtype, shape: Tuple[int, ...], _entry=None) -> Optional[int]:
+    """Bytes of a C-order array of ``ARRAY_DTYPES[dtype]`` (None: not an allowed dtype)."""
+    dt = ARRAY_DTYPES.get(dtype)
+    if dt is None:
+        return None
+    n = dt.itemsize
+    for d in shape:
+        n *= d
+    return n
 
 
 def write_container(path, magic: bytes, version: int, header: Mapping[str, Any],
@@ -162,11 +255,10 @@ def read_container(path, magic: bytes, version: int, what: str,
                    verify: bool = True) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """(header, arrays) of a container file; arrays are read-only memmap views."""
     header, buf, data_start, data_bytes = read_frame(path, magic, version, what, verify=verify)
+    table = check_table(path, what, header.get("arrays"), data_bytes, array_nbytes,
+                        key="arrays")
     arrays = {}
-    for e in header.get("arrays", []):
-        start, n = data_start + int(e["offset"]), int(e["nbytes"])
-        if int(e["offset"]) + n > data_bytes:
-            raise PoppinsError(f"corrupted {what}: array {e['name']} lies outside the data",
-                               file=str(path))
-        arrays[e["name"]] = buf[start:start + n].view(np.dtype(e["dtype"])).reshape(e["shape"])
+    for e in table:
+        start, n = data_start + e["offset"], e["nbytes"]
+        arrays[e["name"]] = buf[start:start + n].view(ARRAY_DTYPES[e["dtype"]]).reshape(e["shape"])
     return header, arrays

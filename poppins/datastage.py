@@ -118,15 +118,21 @@ def _fsync_dir(path: Path) -> None:
 
 def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_SEED,
                  val_fraction: Optional[float] = None, max_xml_mb: float = DEFAULT_MAX_XML_MB,
-                 log: Optional[Callable[[str], None]] = print) -> DataResult:
-    """Run the data stage; raises PoppinsError (with FILE:LINE problems) on bad input."""
+                 log: Optional[Callable[[str], None]] = print,
+                 allow_outside_imports: bool = True) -> DataResult:
+    """Run the data stage; raises PoppinsError (with FILE:LINE problems) on bad input.
+    ``allow_outside_imports=False`` refuses imports outside train.xml's folder (else each
+    is a warning naming the path)."""
     say = log or (lambda _msg: None)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PoppinsError(f"output path {out_dir} exists and is not a folder")
 
     t0 = time.perf_counter()
-    doc = read_train_xml(train_xml, max_xml_mb=max_xml_mb)
+    doc = read_train_xml(train_xml, max_xml_mb=max_xml_mb,
+                         allow_outside_imports=allow_outside_imports)
+    for w in doc.warnings:
+        say(w)
     n_imports = len(doc.files) - 1
     n_defined = len(doc.samples)
     bs = doc.beyond_scope

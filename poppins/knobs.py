@@ -29,6 +29,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .engine.attention import ATTENTION  # the attention types: their one registry
 
+#: No whole-number knob may exceed this (they size memory or count loop iterations); the
+#: memory-sizing ones have tighter bounds of their own below.
+MAX_INT = (1 << 31) - 1
+
 #: Knob scopes: a TrainConfig field, an argument of ``train()`` / the data stage, a constant
 #: read by the data stage, or a constant accepted for compatibility that has no effect.
 SCOPES = ("run", "config", "data", "compat")
@@ -89,6 +93,8 @@ class Knob:
         return ""
 
     def _range_problem(self, value, shown: str) -> Optional[str]:
+        if self.kind == "int" and abs(value) > MAX_INT:
+            return f"must be at most {MAX_INT}, got {shown[:40]}"
         lo_bad = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         hi_bad = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
         if not (lo_bad or hi_bad):
@@ -107,10 +113,12 @@ class Knob:
         """Text (a train.xml value or a flag's argument) -> (value, None) or (None, problem)."""
         text = raw.strip()
         if self.kind == "int":
-            try:
-                value = int(text, 10)
+            try:   # ASCII digits only ("²" is a digit to int()), and no 4,301-digit numbers
+                value = int(text, 10) if text.isascii() and len(text) <= 40 else None
             except ValueError:
-                return None, f"must be a whole number, got {raw!r}"
+                value = None
+            if value is None:
+                return None, f"must be a whole number, got {raw[:40]!r}"
         elif self.kind == "float":
             try:
                 value = float(text)
@@ -219,13 +227,13 @@ KNOBS: Tuple[Knob, ...] = (
        "data changed)", scope="run", attr="resume", flags=("--resume",), flag_value=True),
     # -- config: TrainConfig fields -----------------------------------------------------------
     _K("embedding-dim", "int", 128, "model width (embedding dimension); a multiple of heads",
-       attr="dim", constant="embedding-dim", flags=("--dim",), lo=8),
+       attr="dim", constant="embedding-dim", flags=("--dim",), lo=8, hi=1 << 16),
     _K("layers", "int", 4, "transformer blocks", attr="layers", constant="layers",
-       flags=("--layers",), lo=1),
+       flags=("--layers",), lo=1, hi=1024),
     _K("heads", "int", 4, "attention heads (dim / heads must be even)", attr="heads",
-       constant="heads", flags=("--heads",), lo=1),
+       constant="heads", flags=("--heads",), lo=1, hi=1024),
     _K("kv-heads", "int", None, "key/value heads for grouped-query attention (heads must be "
-       "a multiple)", attr="kv_heads", constant="kv-heads", flags=("--kv-heads",), lo=1,
+       "a multiple)", attr="kv_heads", constant="kv-heads", flags=("--kv-heads",), lo=1, hi=1024,
        optional=True, default_text="= heads"),
     _K("attention", "enum", "mha", "mha (multi-head, optionally grouped-query) or mla "
        "(multi-head latent attention)", attr="attention", constant="attention",
@@ -233,7 +241,8 @@ KNOBS: Tuple[Knob, ...] = (
     _K("quantize", "bool", True, "train without the ternary quantizers (a float model)",
        attr="quantize", flags=("--float",), flag_value=False),
     _K("context-length", "int", None, "context window in tokens; samples are packed into it",
-       attr="context", constant="context-length", flags=("--context",), lo=8, optional=True,
+       attr="context", constant="context-length", flags=("--context",), lo=8, hi=1 << 20,
+       optional=True,
        default_text="max(256, longest sample), up to 1024"),
     _K("context-cap", "int", 1024, "the longest default context (when context is not set)",
        attr="context_cap", lo=8),
@@ -242,7 +251,7 @@ KNOBS: Tuple[Knob, ...] = (
     _K("epochs", "float", 40.0, "passes over the training samples (when steps is not set)",
        attr="epochs", constant="epochs", flags=("--epochs",), lo=0, lo_open=True),
     _K("batch-size", "int", 6, "packed sequences per micro-batch", attr="batch_size",
-       constant="batch-size", flags=("--batch-size",), lo=1),
+       constant="batch-size", flags=("--batch-size",), lo=1, hi=1 << 16),
     _K("gradient-accumulation-steps", "int", 1, "micro-batches per optimizer step",
        attr="grad_accum", constant="gradient-accumulation-steps", flags=("--grad-accum",),
        lo=1),
@@ -283,7 +292,8 @@ KNOBS: Tuple[Knob, ...] = (
        default_text="physical cores", section="run"),
     # -- data: constants read by the data stage ----------------------------------------------
     _K("bpe-vocab-size", "int", 8192, "total token ids: 125 special tokens + 256 bytes + "
-       "requested tokens + merges", scope="data", constant="bpe-vocab-size", lo=381),
+       "requested tokens + merges", scope="data", constant="bpe-vocab-size", lo=381,
+       hi=1 << 20),
     _K("bpe-min-merge-frequency", "int", 3, "stop merging when the most frequent pair occurs "
        "fewer times than this", scope="data", constant="bpe-min-merge-frequency", lo=0),
     _K("bpe-requested-tokens", "list", (), "strings that always become one token",

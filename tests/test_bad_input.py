@@ -28,7 +28,10 @@ GOOD = """\
 
 
 def run_train(path: Path, out: Path, capsys, *extra: str):
-    code = main(["train", "-i", str(path), "-o", str(out), "--data-only", *extra])
+    try:
+        code = main(["train", "-i", str(path), "-o", str(out), "--data-only", *extra])
+    except SystemExit as exc:   # argparse refuses a flag's value with exit code 2
+        code = exc.code
     captured = capsys.readouterr()
     return code, captured.err
 
@@ -194,7 +197,7 @@ def test_constant_steps_zero(tmp_path, capsys, good_output):
 def test_early_constant_out_of_range(tmp_path, capsys, good_output):
     text = GOOD.replace("<train>", '<train>\n  <constants>\n    <constant key="batch_size" value="0"/>\n  </constants>')
     expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 4,
-                 r"constant 'batch_size' must be >= 1, got 0")
+                 r"constant 'batch_size' must be between 1 and 65536, got 0")
 
 
 def test_early_constant_wrong_type(tmp_path, capsys, good_output):
@@ -285,3 +288,142 @@ def test_bad_line_break_count(tmp_path, capsys, good_output):
     body = '<sample>\n      <prompt id="pr::one"/>\n      <response id="re::one"/>\n      <line-break count="3"/>\n    </sample>'
     expect_error(tmp_path, capsys, good_output, {"train.xml": sample_file(body)}, 13,
                  "line-break count='3' must be 1 or 2")
+
+
+# ---------------------------------------------------------------- issue 13: hostile input
+
+def test_many_attributes_take_linear_time(tmp_path, capsys, good_output):
+    import time
+
+    attrs = " ".join(f'a{i}="x"' for i in range(100_000))
+    text = GOOD.replace('<sample-ids prompt="pr::one" response="re::one"/>',
+                        f'<sample-ids prompt="pr::one" response="re::one" {attrs}/>')
+    t0 = time.monotonic()
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 10,
+                 "has 100002 attributes; at most 32")
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("element,value,pattern", [
+    ("bpe-vocab-size", "1000000000000", "must be at most"),
+    ("bpe-vocab-size", "2000000", "must be between 381 and 1048576"),
+    ("bpe-min-merge-frequency", "100000000000000000000", "must be at most 2147483647"),
+    ("context-length", "2147483647", "must be between 8 and 1048576"),
+    ("embedding-dim", "9" * 5000, "must be a whole number"),
+], ids=["vocab-1e12", "vocab-2e6", "merge-freq-1e20", "context-2^31", "dim-5000-digits"])
+def test_memory_sizing_constants_are_bounded(tmp_path, capsys, good_output, element, value, pattern):
+    text = GOOD.replace("<train>", f"<train>\n  <constants><{element}>{value}</{element}></constants>")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 3, pattern)
+
+
+@pytest.mark.parametrize("indent", ["\u00b2", "9" * 4301, "-1", "1e3"])
+def test_odd_indents(tmp_path, capsys, good_output, indent):
+    body = ('<sample>\n      <prompt id="pr::one"/>\n      <response id="re::one"/>\n'
+            f'      <code id="co::x" indent="{indent}"/>\n    </sample>')
+    text = sample_file(body, '\n  <code-snippets><code id="co::x" lang="bash">ls</code></code-snippets>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 13, "must be a whole number from 0 to")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_max_xml_mb_must_be_a_finite_positive_number(tmp_path, capsys, value):
+    (tmp_path / "t.xml").write_text(GOOD)
+    code, err = run_train(tmp_path / "t.xml", tmp_path / "out", capsys, "--max-xml-mb", value)
+    # refused by the flag's knob rule (argparse) before anything runs
+    assert code == 2 and "--max-xml-mb" in err and "must be a finite number" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, 0, "10", True, 2.0 ** 40])
+def test_max_xml_mb_checked_where_it_is_received(tmp_path, value):
+    from poppins.errors import PoppinsError
+    from poppins.trainxml import read_train_xml
+
+    (tmp_path / "t.xml").write_text(GOOD)
+    with pytest.raises(PoppinsError, match="--max-xml-mb must be a positive number"):
+        read_train_xml(tmp_path / "t.xml", max_xml_mb=value)
+
+
+def _with_import(path: str) -> str:
+    return GOOD.replace("<train>", f'<train>\n  <imports>\n    <import path="{path}"/>\n  </imports>')
+
+
+def test_import_symlink_loop(tmp_path, capsys, good_output):
+    os.symlink("loop.xml", tmp_path / "loop.xml")
+    expect_error(tmp_path, capsys, good_output, {"train.xml": _with_import("loop.xml")}, 4,
+                 "loop.xml")
+
+
+def test_deeply_nested_imports(tmp_path, capsys, good_output):
+    files = {"train.xml": _with_import("d0.xml")}
+    for d in range(1100):
+        files[f"d{d}.xml"] = f'<train><imports><import path="d{d + 1}.xml"/></imports></train>'
+    expect_error(tmp_path, capsys, good_output, files, 1, "imports nest more than 64 files deep")
+
+
+def test_very_long_import_path(tmp_path, capsys, good_output):
+    expect_error(tmp_path, capsys, good_output, {"train.xml": _with_import("a" * 5000 + ".xml")},
+                 4, "is too long")
+
+
+def test_imports_outside_the_folder_warn_or_are_refused(tmp_path, capsys):
+    from poppins.datastage import prepare_data
+    from poppins.errors import PoppinsError
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (tmp_path / "outside.xml").write_text("<train/>")
+    (proj / "train.xml").write_text(_with_import("../outside.xml"))
+    os.symlink(tmp_path / "outside.xml", proj / "link.xml")
+    (proj / "t2.xml").write_text(_with_import("link.xml"))
+    for name in ("train.xml", "t2.xml"):
+        said = []
+        prepare_data(proj / name, tmp_path / f"out-{name}", log=said.append)
+        warning = [s for s in said if "warning: import" in s]
+        assert warning and str(tmp_path / "outside.xml") in warning[0], said
+        with pytest.raises(PoppinsError, match=r":4: import .* is outside the folder"):
+            prepare_data(proj / name, tmp_path / "refused", log=None, allow_outside_imports=False)
+        assert not (tmp_path / "refused").exists()
+
+
+def test_phrase_budget_is_total_and_grows_with_prompts():
+    from poppins.samples import PHRASE_BUDGET_PER_PROMPT_S, PHRASE_BUDGET_S, _Budget
+
+    assert _Budget(0).total == PHRASE_BUDGET_S
+    assert _Budget(4000).total == PHRASE_BUDGET_S + 4000 * PHRASE_BUDGET_PER_PROMPT_S
+    # 1,000 prompts with a pattern just under the per-prompt timeout stop within 10 s
+    assert _Budget(1000).total <= 10
+
+
+def test_phrase_budget_exhausted_is_a_clean_error(tmp_path, capsys, good_output, monkeypatch):
+    import poppins.samples as S
+
+    monkeypatch.setattr(S, "PHRASE_BUDGET_S", 0.0)
+    monkeypatch.setattr(S, "PHRASE_BUDGET_PER_PROMPT_S", 0.0)
+    text = sample_file('<sample-ids prompt="pr::one" response="re::one"/>',
+                       '\n  <phrases>\n    <phrase pattern="cat">\n'
+                       '      <variant value="dog"/>\n    </phrase>\n  </phrases>')
+    expect_error(tmp_path, capsys, good_output, {"train.xml": text}, 13, "total budget")
+
+
+def test_source_urls_other_than_http_are_text():
+    from poppins.engine.render import is_link, source_text
+
+    sources = {"js": {"url": "javascript:alert(1)"}, "ok": {"url": "https://example.org/a?b=1"},
+               "esc": {"url": "https://example.org/\x1b]8;;x"}}
+    assert source_text("ok", sources) == " (source: https://example.org/a?b=1)"
+    assert source_text("js", sources) == " (source: `javascript:alert(1)`)"
+    assert "\x1b" not in source_text("esc", sources) and "`" in source_text("esc", sources)
+    assert not is_link("javascript:alert(1)") and not is_link("file:///etc/passwd")
+    assert is_link("http://example.org") and not is_link("https://a b")
+
+
+def test_javascript_source_url_is_kept_as_text_in_the_data(tmp_path, capsys):
+    import json
+
+    text = sample_file('<sample-ids prompt="pr::one" response="re::one" source="so::js"/>',
+                       '\n  <sources><source id="so::js" url="javascript:alert(1)"/></sources>')
+    (tmp_path / "t.xml").write_text(text)
+    code, err = run_train(tmp_path / "t.xml", tmp_path / "out", capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["sources"]["so::js"]["url"] == "javascript:alert(1)"

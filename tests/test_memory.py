@@ -108,3 +108,93 @@ def test_fit_recent_turns_drops_whole_old_turns():
     assert fit_recent_turns(turns, cost, 12) == turns[1:]
     assert fit_recent_turns(turns, cost, 11) == turns[2:]
     assert fit_recent_turns(turns, cost, 1) == []
+
+
+# ---------------------------------------------------------------- issue 13: hostile files
+
+def _db_with_a_turn(path):
+    with Memory(path) as mem:
+        cid = mem.new_conversation(system="s")
+        mem.add_turn(cid, "q", "a", tokens=[1, 2, 3])
+    return cid
+
+
+def _sql(path, script):
+    import sqlite3
+
+    con = sqlite3.connect(str(path), isolation_level=None)
+    con.executescript(script)
+    con.close()
+
+
+def test_foreign_sqlite_file_is_refused_and_left_alone(tmp_path):
+    p = tmp_path / "other.db"
+    _sql(p, "CREATE TABLE invoices (id INTEGER, total REAL); INSERT INTO invoices VALUES (1, 2.5);")
+    before = p.read_bytes()
+    with pytest.raises(PoppinsError, match=r"other\.db: not a poppins memory database .*'invoices'"):
+        Memory(p)
+    assert p.read_bytes() == before
+
+
+@pytest.mark.parametrize("script,pattern", [
+    ("ALTER TABLE messages RENAME COLUMN content TO body", r"table 'messages' has a different schema"),
+    ("DROP TABLE conversations", r"table 'conversations' has a different schema"),
+    ("PRAGMA user_version = 9", r"version 9"),
+])
+def test_different_schema_is_refused(tmp_path, script, pattern):
+    p = tmp_path / "m.db"
+    _db_with_a_turn(p)
+    _sql(p, "PRAGMA foreign_keys=OFF;" + script)
+    with pytest.raises(PoppinsError, match=r"m\.db.*" + pattern):
+        Memory(p)
+
+
+@pytest.mark.parametrize("value", ["'[1, 2'", "'{\"a\": 1}'", "'[-1]'", "'[1.5]'", "'[true]'",
+                                   "x'ff'", "7", "'" + "[" * 100_000 + "'"])
+def test_invalid_stored_tokens_name_the_field(tmp_path, value):
+    p = tmp_path / "m.db"
+    cid = _db_with_a_turn(p)
+    _sql(p, f"UPDATE messages SET tokens = {value} WHERE role = 'assistant'")
+    with Memory(p) as mem:
+        assert mem.messages(cid)[-1]["content"] == "a"     # the text alone is still readable
+        with pytest.raises(PoppinsError, match=r"m\.db: memory database table messages, field tokens"):
+            mem.messages(cid, with_tokens=True)
+
+
+def test_wrong_types_in_stored_rows(tmp_path):
+    p = tmp_path / "m.db"
+    cid = _db_with_a_turn(p)
+    _sql(p, "UPDATE messages SET content = x'80' WHERE role = 'user'")
+    with Memory(p) as mem:
+        with pytest.raises(PoppinsError, match=r"field content"):
+            mem.messages(cid)
+    _sql(p, "UPDATE messages SET content = 'q'; UPDATE conversations SET title = x'00'")
+    with Memory(p) as mem:
+        with pytest.raises(PoppinsError, match=r"table conversations, field title"):
+            mem.list_conversations()
+
+
+def test_damaged_pages_are_a_clean_error(tmp_path):
+    import random
+
+    p = tmp_path / "m.db"
+    for k in range(20):
+        _db_with_a_turn(p)
+    good = p.read_bytes()
+    rng = random.Random(5)
+    errors = 0
+    for trial in range(40):
+        raw = bytearray(good)
+        for _ in range(8):
+            raw[rng.randrange(100, len(raw))] = rng.randrange(256)
+        p.write_bytes(raw)
+        for side in (tmp_path / "m.db-wal", tmp_path / "m.db-shm"):
+            side.unlink(missing_ok=True)
+        try:
+            with Memory(p) as mem:
+                for c in mem.list_conversations():
+                    mem.messages(c["id"], with_tokens=True)
+        except PoppinsError as exc:
+            assert str(p) in str(exc)
+            errors += 1
+    assert errors > 0

@@ -224,3 +224,139 @@ def test_bad_tensor_table(tmp_path):
         trailer = raw[-TRAILER_SIZE:-32] + hashlib.sha256(body).digest()
         path.write_bytes(body + trailer)
         assert expect in _err(path)
+
+
+# ---------------------------------------------------------------- issue 13: hostile headers
+
+def _fuzz():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "fuzz.py"
+    spec = importlib.util.spec_from_file_location("poppins_fuzz", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """A real exported model and checkpoint (scripts/fuzz.py's fixture) and the fuzz module."""
+    fz = _fuzz()
+    return fz, fz.make_fixture(tmp_path_factory.mktemp("real"))
+
+
+def _resealed(real, tmp_path, raw: bytes, mutate, name="m.poppins"):
+    fz, _ = real
+    head12, header, data = fz._frame_parts(raw)
+    mutate(header)
+    p = tmp_path / name
+    p.write_bytes(fz.seal(head12, header, data))
+    return p
+
+
+def _tensor(header, name):
+    return next(e for e in header["tensors"] if e["name"] == name)
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda h: h["config"].update(context_length=2 ** 31 - 1), "config.context_length"),
+    (lambda h: h["config"].update(context_length=2 ** 20, dim=4096, heads=32), "KV cache"),
+    (lambda h: h["config"].update(ffn_dim=10 ** 9), "ffn.w_up').shape"),
+    (lambda h: h["config"].update(layers=10 ** 9), "field config"),
+    (lambda h: h["config"].update(layers=2), "config.layers"),
+    (lambda h: h["tensors"].remove(_tensor(h, "layers.0.ffn_norm")), "is missing"),
+    (lambda h: h["config"].update(kv_heads=1), "attn.wqkv').shape"),
+    (lambda h: h["config"].update(vocab_size=100), "tok_emb').shape"),
+    (lambda h: h["config"].update(heads="2"), "heads must be a positive integer"),
+    (lambda h: _tensor(h, "layers.0.attn.wo").update(scale=float("nan")), ".scale"),
+    (lambda h: _tensor(h, "layers.0.attn.wo").update(scale=-1.0), ".scale"),
+    (lambda h: _tensor(h, "layers.0.attn.wo").update(offset=-64), ".offset"),
+    (lambda h: _tensor(h, "layers.0.attn.wo").update(offset=_tensor(h, "layers.0.attn.wqkv")["offset"]),
+     "overlap"),
+    (lambda h: _tensor(h, "final_norm").update(shape=[10 ** 12], nbytes=4 * 10 ** 12), ".offset"),
+    (lambda h: _tensor(h, "final_norm").update(shape="16"), ".shape"),
+    (lambda h: _tensor(h, "final_norm").update(dtype=["f32"]), ".dtype"),
+    (lambda h: h["tensors"].append(dict(_tensor(h, "final_norm"), name="extra", shape=[0],
+                                        nbytes=0)), "does not belong"),
+    (lambda h: h.update(tensors={"a": 1}), "field tensors: not a list"),
+    (lambda h: h.update(sources=[]), "field sources"),
+    (lambda h: h.update(data_bytes="12"), "data_bytes"),
+])
+def test_hostile_model_header_is_a_clean_error(real, tmp_path, mutate, field):
+    """A valid checksum around a hostile header: a PoppinsError naming the file and the field,
+    quickly, before anything the header sizes is allocated."""
+    import time
+
+    from poppins.engine.runtime import Engine
+
+    fz, fx = real
+    p = _resealed(real, tmp_path, fx.model_bytes, mutate)
+    t0 = time.monotonic()
+    with pytest.raises(PoppinsError) as e:
+        Engine.load(p, threads=1)
+    assert time.monotonic() - t0 < 5
+    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+
+
+def test_the_untouched_real_model_loads(real, tmp_path):
+    from poppins.engine.runtime import Engine
+
+    fz, fx = real
+    p = _resealed(real, tmp_path, fx.model_bytes, lambda h: None)
+    assert p.read_bytes() == fx.model_bytes     # sealing is the writer's framing
+    eng = Engine.load(p, threads=1)
+    assert eng.session().forward([1, 2, 3]).shape[-1] == eng.cfg.vocab_size
+
+
+def test_invalid_ternary_codes_name_the_file(real, tmp_path):
+    from poppins.engine.runtime import Engine
+
+    fz, fx = real
+    head12, header, data = fz._frame_parts(fx.model_bytes)
+    e = _tensor(header, "layers.0.attn.wo")
+    data = bytearray(data)
+    data[e["offset"]] = 0xFF
+    p = tmp_path / "m.poppins"
+    p.write_bytes(fz.seal(head12, header, bytes(data)))
+    with pytest.raises(PoppinsError, match=r"m\.poppins.*invalid 2-bit codes"):
+        Engine.load(p, threads=1)
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda h: h["arrays"].pop(0), "arrays ('params')"),
+    (lambda h: h["arrays"][0].pop("dtype"), ".dtype"),
+    (lambda h: h["arrays"][0].update(dtype="<f8", nbytes=h["arrays"][0]["nbytes"] * 2), "overlap"),
+    (lambda h: h["arrays"][0].update(dtype="<f8"), ".nbytes"),
+    (lambda h: h["arrays"][1].update(offset=-64), ".offset"),
+    (lambda h: h["arrays"][1].update(offset=0), "overlap"),
+    (lambda h: h["arrays"][0].update(dtype="|O"), "unknown dtype"),
+    (lambda h: h["arrays"][0].update(shape=[1, 2, 3, 4, 5, 6, 7, 8, 9]), ".shape"),
+    (lambda h: h.pop("model_config"), "model_config"),
+    (lambda h: h["model_config"].update(layers=10 ** 4), "arrays ('params').shape"),
+    (lambda h: h["model_config"].update(layers=10 ** 9), "field model_config"),
+    (lambda h: h["model_config"].update(context_length=2 ** 31 - 1), "model_config.context_length"),
+    (lambda h: h["model_config"].update(dim="x"), "model_config"),
+    (lambda h: h["train_config"].update(lr="fast"), "train_config"),
+    (lambda h: h.update(step=-1), "field step"),
+    (lambda h: h.update(step=11), "past total_steps"),
+    (lambda h: h.update(adam_t=1.5), "field adam_t"),
+    (lambda h: h.update(history=[[1, "x", None]]), "history"),
+    (lambda h: h.update(arrays=None), "field arrays"),
+])
+def test_hostile_checkpoint_is_a_clean_error(real, tmp_path, mutate, field):
+    from poppins.training.checkpoint import load_checkpoint
+
+    fz, fx = real
+    p = _resealed(real, tmp_path, fx.ckpt_bytes, mutate, "last.ckpt")
+    with pytest.raises(PoppinsError) as e:
+        load_checkpoint(p)
+    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+
+
+def test_the_untouched_checkpoint_loads(real, tmp_path):
+    from poppins.training.checkpoint import load_checkpoint
+
+    fz, fx = real
+    header, arrays = load_checkpoint(fx.ckpt_path)
+    assert header["step"] == 3 and set(arrays) == {"params", "adam_m", "adam_v"}

@@ -73,10 +73,18 @@ class Attention:
         type in the engine layer."""
         raise NotImplementedError
 
+    #: the names of the two per-layer KV-cache arrays (the compiled step gets them in order)
+    cache_names: Tuple[str, str] = ("", "")
+
+    def cache_widths(self, cfg: "ModelConfig") -> Tuple[int, int]:
+        """float32 values per position of the two cache arrays of one layer."""
+        raise NotImplementedError
+
     def new_cache(self, cfg: "ModelConfig", ctx: int) -> Dict[str, List[np.ndarray]]:
         """The KV cache of a session of ``ctx`` positions: two named lists of per-layer
         float32 arrays (the compiled step gets them in this order)."""
-        raise NotImplementedError
+        return {name: [np.zeros((ctx, w), np.float32) for _ in range(cfg.layers)]
+                for name, w in zip(self.cache_names, self.cache_widths(cfg))}
 
     def scratch(self, s, cfg: "ModelConfig", n: int) -> int:
         """Allocate this type's activations for ``n`` tokens on ``s``; returns the widest
@@ -125,10 +133,11 @@ class MHA(Attention):
     def ternary_weights(self, layer):
         return [(layer.wqkv.data.nbytes, layer.wqkv.m * layer.wqkv.k)]
 
-    def new_cache(self, cfg, ctx):
+    cache_names = ("k", "v")
+
+    def cache_widths(self, cfg):
         w = cfg.n_kv_heads * cfg.head_dim
-        return {"k": [np.zeros((ctx, w), np.float32) for _ in range(cfg.layers)],
-                "v": [np.zeros((ctx, w), np.float32) for _ in range(cfg.layers)]}
+        return w, w
 
     def scratch(self, s, cfg, n):
         s.qkv = np.empty((n, (cfg.heads + 2 * cfg.n_kv_heads) * cfg.head_dim), np.float32)
@@ -213,9 +222,10 @@ class MLA(Attention):
         out.append((layer.wkv_b_vals.nbytes, layer.wkv_b.shape[0] * layer.wkv_b.shape[1]))
         return out
 
-    def new_cache(self, cfg, ctx):
-        return {"ckv": [np.zeros((ctx, cfg.kv_latent), np.float32) for _ in range(cfg.layers)],
-                "kr": [np.zeros((ctx, cfg.rope_width), np.float32) for _ in range(cfg.layers)]}
+    cache_names = ("ckv", "kr")
+
+    def cache_widths(self, cfg):
+        return cfg.kv_latent, cfg.rope_width
 
     def scratch(self, s, cfg, n):
         H, hd, r, kvl = cfg.heads, cfg.head_dim, cfg.rope_width, cfg.kv_latent

@@ -170,3 +170,25 @@ class ModelConfig:
         d = self.to_dict()
         d.update(changes)
         return ModelConfig(**d)
+
+
+def param_shapes(cfg: ModelConfig):
+    """[(name, shape, kind)] of every parameter, in the training flat-buffer order; kind:
+    'embed', 'bitlinear', 'head', 'norm'.  The names are the model file's tensor names."""
+    d, V, H, hd = cfg.dim, cfg.vocab_size, cfg.heads, cfg.head_dim
+    unit = attention_unit(cfg)
+    mats, norms = [("tok_emb", (V, d), "embed")], []
+    for i in range(cfg.layers):
+        p = f"layers.{i}."
+        am, an = unit.params(cfg, p)
+        mats += am
+        norms += an
+        mats.append((p + "attn.wo", (d, H * hd), "bitlinear"))
+        mats.append((p + "ffn.w_up", (cfg.hidden_dim, d), "bitlinear"))
+        mats.append((p + "ffn.w_down", (d, cfg.hidden_dim), "bitlinear"))
+        norms.append((p + "attn_norm", (d,), "norm"))
+        norms.append((p + "ffn_norm", (d,), "norm"))
+    norms.append(("final_norm", (d,), "norm"))
+    if not cfg.tie_embeddings:
+        mats.append(("head", (V, d), "head"))
+    return mats + norms

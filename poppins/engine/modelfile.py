@@ -37,6 +37,7 @@ names the file and what is wrong.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -44,7 +45,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from .._version import __version__
-from ..container import (ALIGN, PREFIX_SIZE, TRAILER_MAGIC, TRAILER_SIZE, read_frame,  # noqa: F401
+from ..container import (ALIGN, PREFIX_SIZE, TRAILER_MAGIC, TRAILER_SIZE,  # noqa: F401
+                         check_table, field_error, is_int, is_number, read_frame,
                          section_offsets, write_frame)
 from ..errors import PoppinsError
 from .packing import FILE_LAYOUT, FILE_LAYOUT_VERSION, TernaryTensor, packed_row_bytes
@@ -148,61 +150,173 @@ def _fail(path: Path, what: str) -> PoppinsError:
     return PoppinsError(f"{what}", file=str(path))
 
 
+def _tensor_nbytes(dtype, shape, entry) -> Optional[int]:
+    """Bytes of a tensor-table entry (None: unknown dtype); raises ValueError for a ternary
+    entry that is not 2-D."""
+    if dtype == "ternary2":
+        if len(shape) != 2:
+            return -1   # never equal to nbytes: reported as "do not hold"
+        return shape[0] * packed_row_bytes(shape[1])
+    dt = DENSE_DTYPES.get(dtype)
+    if dt is None:
+        return None
+    n = dt.itemsize
+    for d in shape:
+        n *= d
+    return n
+
+
+#: header field -> (accepted types, description)
+_HEADER_FIELDS = {"config": ((dict,), "an object"), "tokenizer": ((str,), "a string"),
+                  "sources": ((dict,), "an object"),
+                  "default_system": ((str, type(None)), "a string or null"),
+                  "extra": ((dict, type(None)), "an object or null")}
+
+
 def load_model_file(path: PathLike, mmap: bool = True, verify: bool = True) -> ModelFile:
     """Open a model file.  ``mmap``: map it read-only (else read it into memory);
-    ``verify``: check the SHA-256 of the whole file (skip for speed on trusted files)."""
+    ``verify``: check the SHA-256 of the whole file (skip for speed on trusted files).
+    Every header field is typed and the tensor table checked against the file
+    (poppins.container.check_table) before any tensor is viewed; ``check_model_config``
+    then checks a model config against the tensors."""
     path = Path(path)
     header, buf, data_start, data_bytes = read_frame(path, MAGIC, FORMAT_VERSION, "model file",
                                                      mmap=mmap, verify=verify)
     for key in ("config", "tokenizer", "sources", "default_system", "tensors"):
         if key not in header:
             raise _fail(path, f"corrupted model file: the header has no {key!r}")
+    for key, (types, desc) in _HEADER_FIELDS.items():
+        if key in header and not isinstance(header[key], types):
+            raise field_error(path, "model file", key, f"not {desc}")
+    for sid, src in header["sources"].items():
+        if not isinstance(src, dict) or not all(isinstance(src.get(k, ""), str)
+                                                for k in ("url", "title")):
+            raise field_error(path, "model file", f"sources[{sid!r}]",
+                              "not an object with string url and title")
+    if not is_int(header.get("version")):
+        raise field_error(path, "model file", "version", "not an integer")
     tensors = _read_tensors(path, header["tensors"], buf, data_start, data_bytes)
     return ModelFile(path, header, tensors)
 
 
 def _read_tensors(path: Path, table, buf: np.ndarray, data_start: int, data_bytes: int) -> dict:
-    if not isinstance(table, list):
-        raise _fail(path, "corrupted model file: the tensor table is not a list")
     out: Dict[str, Any] = {}
-    for i, e in enumerate(table):
-        try:
-            name = e["name"]
-            dtype = e["dtype"]
-            shape = tuple(int(d) for d in e["shape"])
-            offset, nbytes = int(e["offset"]), int(e["nbytes"])
-            layout = e.get("layout") or {}
-        except (KeyError, TypeError, ValueError):
-            raise _fail(path, f"corrupted model file: tensor table entry {i} is malformed") from None
-        bad = None
-        if not isinstance(name, str) or name in out:
-            bad = "a missing or duplicate name"
-        elif any(d < 0 for d in shape):
-            bad = f"a negative dimension {shape}"
-        elif offset < 0 or offset % ALIGN or offset + nbytes > data_bytes:
-            bad = f"section [{offset}, {offset + nbytes}) outside the data ({data_bytes} bytes)"
-        if bad is None:
-            start = data_start + offset
-            if dtype == "ternary2":
-                if len(shape) != 2:
-                    bad = f"ternary shape {shape} is not 2-D"
-                elif (layout.get("name"), layout.get("version")) != (FILE_LAYOUT, FILE_LAYOUT_VERSION):
-                    bad = f"unsupported ternary layout {layout}"
-                elif nbytes != shape[0] * packed_row_bytes(shape[1]):
-                    bad = f"{nbytes} bytes do not hold a ternary {shape} matrix"
-                elif not isinstance(e.get("scale"), (int, float)):
-                    bad = "no scale"
-                else:
-                    codes = buf[start:start + nbytes].reshape(shape[0], packed_row_bytes(shape[1]))
-                    out[name] = TernaryTensor(codes, shape, float(e["scale"]))
-            elif dtype in DENSE_DTYPES:
-                dt = DENSE_DTYPES[dtype]
-                if nbytes != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
-                    bad = f"{nbytes} bytes do not hold a {dtype} {shape} array"
-                else:
-                    out[name] = buf[start:start + nbytes].view(dt).reshape(shape)
-            else:
-                bad = f"unknown dtype {dtype!r}"
-        if bad is not None:
-            raise _fail(path, f"corrupted model file: tensor {e.get('name', i)!r} has {bad}")
+    for e in check_table(path, "model file", table, data_bytes, _tensor_nbytes):
+        name, dtype, shape, offset, nbytes = (e["name"], e["dtype"], e["shape"], e["offset"],
+                                              e["nbytes"])
+        start = data_start + offset
+        if dtype == "ternary2":
+            layout = e.get("layout")
+            if not isinstance(layout, dict) or \
+                    (layout.get("name"), layout.get("version")) != (FILE_LAYOUT, FILE_LAYOUT_VERSION):
+                raise _fail(path, f"corrupted model file: tensor {name!r} has an unsupported "
+                                  f"ternary layout {layout!r}")
+            scale = e.get("scale")
+            if not is_number(scale) or not math.isfinite(scale) or scale < 0:
+                raise field_error(path, "model file", f"tensors ({name!r}).scale",
+                                  f"not a finite non-negative number (got {scale!r})")
+            codes = buf[start:start + nbytes].reshape(shape[0], packed_row_bytes(shape[1]))
+            out[name] = TernaryTensor(codes, shape, float(scale))
+        else:
+            out[name] = buf[start:start + nbytes].view(DENSE_DTYPES[dtype]).reshape(shape)
     return out
+
+
+#: Runtime limits a model config must respect (checked before anything is allocated).
+MAX_CONTEXT = 1 << 20
+#: Bytes of the buffers a full-context session allocates (KV cache, rotary tables).
+MAX_RUNTIME_BYTES = 1 << 30
+
+
+def runtime_bytes(cfg) -> int:
+    """Bytes of a full-context session's KV cache plus the engine's rotary tables."""
+    from .attention import attention_unit
+
+    ctx = cfg.context_length
+    per = sum(attention_unit(cfg).cache_widths(cfg))
+    return 4 * ctx * per * cfg.layers + 2 * 4 * ctx * (cfg.rope_width // 2)
+
+
+def check_runtime_limits(path, what: str, field: str, cfg) -> None:
+    """The one check of a model config's runtime sizes (model files and checkpoints):
+    context_length at most MAX_CONTEXT, KV cache and rotary tables at most MAX_RUNTIME_BYTES."""
+    if cfg.context_length > MAX_CONTEXT:
+        raise field_error(path, what, f"{field}.context_length",
+                          f"{cfg.context_length} is over the limit of {MAX_CONTEXT}")
+    need = runtime_bytes(cfg)
+    if need > MAX_RUNTIME_BYTES:
+        raise field_error(path, what, field, f"a full-context session needs {need >> 20} MiB "
+                          f"of KV cache and rotary tables, over the limit of "
+                          f"{MAX_RUNTIME_BYTES >> 20} MiB")
+
+
+def check_model_config(mf: ModelFile):
+    """The ModelConfig of a loaded model file, checked against the tensor table (every tensor
+    the config implies present, with its shape and a valid dtype; no extra layers), the
+    tokenizer's vocabulary (the same size) and the runtime limits (MAX_CONTEXT,
+    MAX_RUNTIME_BYTES), so nothing sized by the header is allocated before it is known to
+    fit."""
+    from .config import ModelConfig, param_shapes
+    from .kernels import K_MAX
+
+    path = mf.path
+    try:
+        cfg = ModelConfig.from_dict(dict(mf.config), source=str(path))
+    except TypeError as exc:
+        raise PoppinsError(f"corrupted model file: field config: {exc}", file=str(path)) from None
+    check_runtime_limits(path, "model file", "config", cfg)
+    if 5 * cfg.layers > len(mf.tensors):   # every layer has at least 5 tensors
+        raise field_error(path, "model file", "config.layers",
+                          f"{cfg.layers} layers, but the file has only {len(mf.tensors)} tensors")
+    expected = {}
+    for name, shape, kind in param_shapes(cfg):
+        expected[name] = (tuple(shape), kind)
+        if kind in ("embed", "head"):
+            expected[name + ".scale"] = ((shape[0],), "scale")
+    for name, (shape, kind) in expected.items():
+        if name not in mf.tensors:
+            if kind == "scale":
+                continue
+            raise field_error(path, "model file", "tensors",
+                              f"tensor {name!r} (which the config implies) is missing")
+        t = mf.tensors[name]
+        ternary = isinstance(t, TernaryTensor)
+        if ternary != (kind == "bitlinear") or (kind == "scale" and t.dtype != np.float32) \
+                or (kind == "norm" and t.dtype not in (np.float32, np.float16)):
+            raise field_error(path, "model file", f"tensors ({name!r}).dtype",
+                              f"{'ternary2' if ternary else t.dtype} is not valid for a "
+                              f"{kind} tensor")
+        if tuple(t.shape) != shape:
+            raise field_error(path, "model file", f"tensors ({name!r}).shape",
+                              f"{list(t.shape)}, the config implies {list(shape)}")
+        if ternary:
+            if shape[1] > K_MAX:
+                raise field_error(path, "model file", f"tensors ({name!r}).shape",
+                                  f"k={shape[1]} columns is over the kernels' limit {K_MAX}")
+            codes = np.asarray(t.codes)
+            if codes.size and np.bitwise_and(codes, codes >> 1).__iand__(0x55).any():
+                raise field_error(path, "model file", f"tensors ({name!r})",
+                                  "invalid 2-bit codes (0b11) in the ternary data")
+    extra = [n for n in mf.tensors if n not in expected]
+    if extra:
+        raise field_error(path, "model file", "tensors", f"tensor {extra[0]!r} does not belong "
+                          f"to the config ({cfg.layers} layers, attention {cfg.attention})")
+    size = _tokenizer_size(mf.tokenizer_json)
+    if size is not None and size != cfg.vocab_size:   # ids past the tokenizer cannot be decoded
+        raise field_error(path, "model file", "config.vocab_size",
+                          f"{cfg.vocab_size}, but the tokenizer has {size} tokens")
+    return cfg
+
+
+def _tokenizer_size(text: str) -> Optional[int]:
+    """The number of entries of a tokenizer.json's vocabulary (None: not readable here; the
+    tokenizer's own reader reports that when it is used)."""
+    import json
+
+    try:
+        obj = json.loads(text)
+        vocab = obj["model"]["vocab"]
+        ids = set(vocab.values()) | {t["id"] for t in obj.get("added_tokens") or []}
+        return len(ids)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None

@@ -20,6 +20,7 @@ a multi-byte character split over tokens is held back until it is complete.
 from __future__ import annotations
 
 import codecs
+import re
 from typing import Dict, List, Mapping, Optional
 
 from ..special_tokens import CODE_LANGS, LINE_BREAK, LINE_BREAK_2, MAX_INDENT, SPECIAL_IDS, \
@@ -45,10 +46,27 @@ def _decode(data: bytes, final: bool) -> str:
     return dec.decode(data, final=final)
 
 
+_LINK = re.compile(r"https?://[A-Za-z0-9\-._~:/?#\[\]@!$&*+,;=%]+\Z", re.IGNORECASE)
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def is_link(url: str) -> bool:
+    """True for an http(s) URL that a client may turn into a link (printable ASCII, no
+    spaces, quotes or brackets); any other source url is shown as text only."""
+    return isinstance(url, str) and _LINK.match(url) is not None
+
+
 def source_text(sid: str, sources: Mapping[str, Mapping]) -> str:
+    """`` (source: URL)`` for an http(s) url; any other url (``javascript:``, ``file:``, ...)
+    is kept as text: control characters dropped (no terminal escapes) and set in backticks,
+    so neither the chat page (which links only http(s)) nor a Markdown client links it."""
     info = sources.get(sid) if sources else None
     url = info.get("url") if isinstance(info, Mapping) else None
-    return f" (source: {url})" if url else f" (source: {sid})"
+    if not url or not isinstance(url, str):
+        return f" (source: {_CONTROLS.sub('', str(sid))})"
+    if is_link(url):
+        return f" (source: {url})"
+    return f" (source: `{_CONTROLS.sub('', url).replace('`', chr(39))}`)"
 
 
 def code_block(lang: str, inline: bool, indent: int, content: str, closed: bool,

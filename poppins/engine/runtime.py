@@ -28,7 +28,7 @@ from . import kernels as TK
 from . import ops
 from .attention import ATTENTION, attention_unit
 from .config import ModelConfig
-from .modelfile import ModelFile, load_model_file
+from .modelfile import ModelFile, check_model_config, load_model_file
 
 #: products with fewer multiply-adds than this run the ternary kernel on one thread
 PARALLEL_MIN_WORK = PARALLEL_MIN_MACS
@@ -103,10 +103,7 @@ class Engine:
                  use_reference: bool = False):
         self.file = mf
         self.path = mf.path
-        try:
-            self.cfg = ModelConfig.from_dict(dict(mf.config), source=str(mf.path))
-        except TypeError as exc:
-            raise PoppinsError(f"model config: {exc}", file=str(mf.path)) from None
+        self.cfg = check_model_config(mf)
         cfg = self.cfg
         #: the attention unit: this model's attention weights, KV-cache layout and step
         self.attn = attention_unit(cfg)

@@ -36,7 +36,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from ..engine.config import ModelConfig
+from ..engine.config import ModelConfig, param_shapes
 from ..errors import PoppinsError
 from ..numerics import rope_tables
 from ..threads import resolve_threads
@@ -59,27 +59,6 @@ def segment_starts(segments: Optional[np.ndarray], B: int, T: int) -> np.ndarray
     boundary[:, 1:] = seg[:, 1:] != seg[:, :-1]
     idx = np.where(boundary, np.arange(T, dtype=np.int32)[None, :], 0).astype(np.int32)
     return np.ascontiguousarray(np.maximum.accumulate(idx, axis=1), dtype=np.int32)
-
-
-def param_shapes(cfg: ModelConfig):
-    """[(name, shape, kind)] in flat-buffer order; kind: 'embed', 'bitlinear', 'head', 'norm'."""
-    d, V, H, hd = cfg.dim, cfg.vocab_size, cfg.heads, cfg.head_dim
-    unit = training_unit(cfg)
-    mats, norms = [("tok_emb", (V, d), "embed")], []
-    for i in range(cfg.layers):
-        p = f"layers.{i}."
-        am, an = unit.params(cfg, p)
-        mats += am
-        norms += an
-        mats.append((p + "attn.wo", (d, H * hd), "bitlinear"))
-        mats.append((p + "ffn.w_up", (cfg.hidden_dim, d), "bitlinear"))
-        mats.append((p + "ffn.w_down", (d, cfg.hidden_dim), "bitlinear"))
-        norms.append((p + "attn_norm", (d,), "norm"))
-        norms.append((p + "ffn_norm", (d,), "norm"))
-    norms.append(("final_norm", (d,), "norm"))
-    if not cfg.tie_embeddings:
-        mats.append(("head", (V, d), "head"))
-    return mats + norms
 
 
 class _Buffers:

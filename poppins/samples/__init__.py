@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -27,6 +28,11 @@ from ..trainxml import reader as R
 
 #: Seconds one phrase pattern may spend on one prompt before it is reported as too slow.
 PHRASE_TIMEOUT_S = 1.0
+#: All phrase patterns together may spend PHRASE_BUDGET_S + PHRASE_BUDGET_PER_PROMPT_S per
+#: prompt (a real 4,000-sample file with dozens of phrases takes a few seconds; 1,000 prompts
+#: with a pattern just under the per-prompt timeout stop after 10 s, not 1,000 s).
+PHRASE_BUDGET_S = 5.0
+PHRASE_BUDGET_PER_PROMPT_S = 0.005
 DEFAULT_SEED = 1337
 
 #: The original's built-in beyond-scope topics: category -> [(prefix, value), ...].
@@ -147,22 +153,47 @@ class _Phrase:
             self.templates.append(value)
         self.ok = True
 
-    def rewrite(self, prompt: str, origin: str) -> Optional[List[str]]:
-        """The variants of ``prompt`` (None when the pattern does not match it)."""
+    def rewrite(self, prompt: str, origin: str,
+                budget: Optional["_Budget"] = None) -> Optional[List[str]]:
+        """The variants of ``prompt`` (None when the pattern does not match it).  Each pattern
+        application stops after PHRASE_TIMEOUT_S, or earlier when ``budget`` runs out."""
+        budget = budget or _Budget(1)
         try:
-            if self.pattern.search(prompt, timeout=PHRASE_TIMEOUT_S) is None:
+            if self.pattern.search(prompt, timeout=budget.timeout(self, origin)) is None:
                 return None
             out = []
             for template in self.templates:
                 def fill(m, template=template):
                     return _GROUP_REF.sub(lambda g: m.group(int(g.group(1))) or "", template)
-                out.append(self.pattern.sub(fill, prompt, timeout=PHRASE_TIMEOUT_S))
+                out.append(self.pattern.sub(fill, prompt, timeout=budget.timeout(self, origin)))
             return out
         except TimeoutError:
+            budget.check(self, origin)
             raise PoppinsError(
                 f"phrase pattern {self.src.pattern!r} took over {PHRASE_TIMEOUT_S:g} s on the prompt "
                 f"of the sample at {origin}; simplify the pattern (nested repeats such as (a+)+ "
                 f"backtrack exponentially)", self.src.loc.file, self.src.loc.line) from None
+
+
+class _Budget:
+    """The total time phrase patterns may take on ``prompts`` prompts (see PHRASE_BUDGET_S)."""
+
+    def __init__(self, prompts: int):
+        self.total = PHRASE_BUDGET_S + PHRASE_BUDGET_PER_PROMPT_S * prompts
+        self.prompts = prompts
+        self.deadline = time.monotonic() + self.total
+
+    def check(self, phrase: "_Phrase", origin: str) -> None:
+        if time.monotonic() >= self.deadline:
+            raise PoppinsError(
+                f"phrase patterns took over their total budget of {self.total:g} s for "
+                f"{self.prompts} prompts (stopped in pattern {phrase.src.pattern[:60]!r} on the "
+                f"prompt of the sample at {origin}); simplify the patterns",
+                phrase.src.loc.file, phrase.src.loc.line)
+
+    def timeout(self, phrase: "_Phrase", origin: str) -> float:
+        self.check(phrase, origin)
+        return max(0.001, min(PHRASE_TIMEOUT_S, self.deadline - time.monotonic()))
 
 
 def _items(doc: TrainDoc, raw_items) -> Tuple[Item, ...]:
@@ -273,11 +304,12 @@ def build_samples(doc: TrainDoc, seed: int = DEFAULT_SEED,
     names = _origin_names(doc)
     groups: List[List[Sample]] = []
     n_variants = 0
+    budget = _Budget(len(originals))
     for s in originals:
         group = [s]
         prompts = {s.prompt}
         for ph in phrases:
-            rewritten = ph.rewrite(s.prompt, s.origin)
+            rewritten = ph.rewrite(s.prompt, s.origin, budget)
             for prompt in rewritten or ():
                 if prompt in prompts or not prompt.strip():
                     continue   # a variant identical to a member adds nothing (and would leak)

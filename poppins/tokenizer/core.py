@@ -38,13 +38,11 @@ and so its ids, can differ; so can ``regex``/``tiktoken`` of another Unicode ver
 every other text the ids are identical.
 
 ``decode`` joins the tokens' bytes and decodes UTF-8 with ``errors="replace"`` (like Hugging
-Face): ``decode(encode(s)) == s`` for every ``str`` without lone surrogates (a lone surrogate
-is encoded through ``surrogatepass`` and comes back as U+FFFD unless
-``errors="surrogatepass"`` is passed).
+Face): ``decode(encode(s)) == s`` for every ``str``; a lone surrogate is not Unicode text and
+``encode`` refuses it with a PoppinsError.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -191,7 +189,12 @@ class Tokenizer:
         """uint32 ids of text.  special=False: special-token strings stay plain text."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes str, not {type(text).__name__} (see encode_bytes)")
-        return self._encoder().encode(_utf8(text), bool(special))
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PoppinsError(f"text to encode: a lone surrogate {text[exc.start]!r} at "
+                               f"character {exc.start} is not valid Unicode text") from None
+        return self._encoder().encode(data, bool(special))
 
     def encode_bytes(self, data, special: bool = True) -> np.ndarray:
         """uint32 ids of UTF-8 data: bytes or any buffer, read-only memmaps included."""
@@ -305,11 +308,7 @@ class Tokenizer:
 
     @classmethod
     def from_json_str(cls, text: str, where: str = "tokenizer.json") -> "Tokenizer":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PoppinsError(f"{where}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        vocab, added, merges = hf_json.parse(obj, where)
+        vocab, added, merges = hf_json.parse(hf_json.loads(text, where), where)
         return cls(vocab, added, merges)
 
     @classmethod
@@ -322,6 +321,8 @@ class Tokenizer:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise PoppinsError(f"{p}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise PoppinsError(f"{p}: not UTF-8 text (byte {exc.start})") from None
         return cls.from_json_str(text, str(p))
 
     def __repr__(self) -> str:

@@ -116,45 +116,101 @@ def config(special_tokens: List[str], requested_tokens: List[str]) -> dict:
     return cfg
 
 
+def loads(text: str, where: str):
+    """The JSON value of a tokenizer.json text; PoppinsError (naming ``where``) otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PoppinsError(f"{where}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise PoppinsError(f"{where}: not valid JSON (nested too deeply)") from None
+
+
+def _bool_or_none(v) -> bool:
+    return v is None or isinstance(v, bool)
+
+
 def parse(obj: dict, where: str):
-    """(vocab_bytes, added [(content, id, special)], merges [(a, b, new)]) from tokenizer.json."""
-    def bad(msg):
-        return PoppinsError(f"{where}: {msg}")
+    """(vocab_bytes, added [(content, id, special)], merges [(a, b, new)]) from tokenizer.json.
+
+    Every field is typed; ids must be dense (``0 .. n-1`` for the n distinct ids, so memory
+    is proportional to the file); every merge names two vocabulary entries whose
+    concatenation is one.  Anything else raises a PoppinsError naming ``where`` and the
+    field."""
+    def bad(field, msg):
+        return PoppinsError(f"{where}: field {field}: {msg}")
+
+    def short(v, n=40):
+        r = repr(v)
+        return r if len(r) <= n else r[:n] + "..."
 
     if not isinstance(obj, dict) or obj.get("version") != "1.0":
-        raise bad("not a Hugging Face tokenizer.json (expected \"version\": \"1.0\")")
-    model = obj.get("model") or {}
+        raise PoppinsError(f"{where}: not a Hugging Face tokenizer.json "
+                           "(expected \"version\": \"1.0\")")
+    model = obj.get("model")
+    if not isinstance(model, dict):
+        raise bad("model", "missing or not an object")
     if model.get("type") != "BPE":
-        raise bad(f"model type {model.get('type')!r} is not BPE")
+        raise bad("model.type", f"{short(model.get('type'))} is not BPE")
     if obj.get("normalizer") is not None:
-        raise bad("a normalizer is not supported by poppins' tokenizer")
+        raise bad("normalizer", "a normalizer is not supported by poppins' tokenizer")
     if obj.get("pre_tokenizer") != pre_tokenizer_json():
         pt = obj.get("pre_tokenizer")
         # tolerate differences in trim_offsets only
+        pts = pt.get("pretokenizers") if isinstance(pt, dict) else None
         ok = (isinstance(pt, dict) and pt.get("type") == "Sequence"
-              and len(pt.get("pretokenizers", [])) == 2
-              and pt["pretokenizers"][0] == pre_tokenizer_json()["pretokenizers"][0]
-              and pt["pretokenizers"][1].get("type") == "ByteLevel"
-              and not pt["pretokenizers"][1].get("add_prefix_space")
-              and not pt["pretokenizers"][1].get("use_regex"))
+              and isinstance(pts, list) and len(pts) == 2 and isinstance(pts[1], dict)
+              and pts[0] == pre_tokenizer_json()["pretokenizers"][0]
+              and pts[1].get("type") == "ByteLevel"
+              and pts[1].get("add_prefix_space") in (None, False)
+              and pts[1].get("use_regex") in (None, False))
         if not ok:
-            raise bad("pre_tokenizer is not poppins' GPT-4 split + byte-level")
+            raise bad("pre_tokenizer", "not poppins' GPT-4 split + byte-level")
     for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
-            raise bad(f"BPE option {key} is not supported")
-    if model.get("byte_fallback") or model.get("ignore_merges"):
-        raise bad("BPE byte_fallback / ignore_merges are not supported")
+            raise bad(f"model.{key}", "this BPE option is not supported")
+    for key in ("byte_fallback", "ignore_merges"):
+        if model.get(key):
+            raise bad(f"model.{key}", "BPE byte_fallback / ignore_merges are not supported")
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not vocab:
-        raise bad("model.vocab is missing")
-    size = max(vocab.values()) + 1
+        raise bad("model.vocab", "missing, empty or not an object")
+    raw_added = obj.get("added_tokens")
+    if raw_added is None:
+        raw_added = []
+    if not isinstance(raw_added, list):
+        raise bad("added_tokens", "not a list")
+    # ids are bounded by the number of entries before anything is sized by them
+    limit = len(vocab) + len(raw_added)
+    for key, tid in vocab.items():
+        if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < limit:
+            raise bad(f"model.vocab[{short(key)}]", f"id {short(tid)} is not an integer in "
+                      f"0..{limit - 1} (ids are dense: at most one per entry)")
     added = []
-    for t in obj.get("added_tokens") or []:
+    for k, t in enumerate(raw_added):
+        if not isinstance(t, dict):
+            raise bad(f"added_tokens[{k}]", "not an object")
+        content, tid = t.get("content"), t.get("id")
+        if not isinstance(content, str) or not content:
+            raise bad(f"added_tokens[{k}].content", "not a non-empty string")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(f"added_tokens[{k}].content", "not valid Unicode text") from None
+        if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < limit:
+            raise bad(f"added_tokens[{k}].id", f"{short(tid)} is not an integer in "
+                      f"0..{limit - 1}")
+        for flag in ("lstrip", "rstrip", "single_word", "special", "normalized"):
+            if not _bool_or_none(t.get(flag)):
+                raise bad(f"added_tokens[{k}].{flag}", "not true or false")
         if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
-            raise bad(f"added token {t.get('content')!r}: lstrip/rstrip/single_word are not supported")
-        added.append((str(t["content"]), int(t["id"]), bool(t.get("special"))))
-        size = max(size, int(t["id"]) + 1)
+            raise bad(f"added_tokens[{k}]", f"added token {content!r}: lstrip/rstrip/"
+                      "single_word are not supported")
+        added.append((content, tid, bool(t.get("special"))))
     added_ids = {tid for _, tid, _ in added}
+    if len(added_ids) != len(added) or len({c for c, _, _ in added}) != len(added):
+        raise bad("added_tokens", "an id or a content is listed twice")
+    size = max(max(vocab.values()), max(added_ids, default=-1)) + 1
     vocab_bytes: List[Optional[bytes]] = [None] * size
     for content, tid, _ in added:
         vocab_bytes[tid] = content.encode("utf-8")
@@ -162,22 +218,41 @@ def parse(obj: dict, where: str):
         if tid in added_ids:
             continue
         b = from_byte_level(key)
-        if b is None:
-            raise bad(f"vocabulary entry {key!r} is not a byte-level token")
+        if b is None or not b:
+            raise bad(f"model.vocab[{short(key)}]", "not a byte-level token")
+        if vocab_bytes[tid] is not None:
+            raise bad(f"model.vocab[{short(key)}]", f"id {tid} is given to two entries")
         vocab_bytes[tid] = b
     missing = [i for i, b in enumerate(vocab_bytes) if b is None]
     if missing:
-        raise bad(f"ids without a token: {missing[:5]}")
-    merges = []
-    for k, m in enumerate(model.get("merges") or []):
+        raise bad("model.vocab", f"ids without a token: {missing[:5]}")
+    singles = {b[0] for i, b in enumerate(vocab_bytes) if len(b) == 1 and i not in added_ids}
+    if len(singles) != 256:
+        raise bad("model.vocab", f"{256 - len(singles)} of the 256 byte tokens are missing")
+    raw_merges = model.get("merges")
+    if raw_merges is None:
+        raw_merges = []
+    if not isinstance(raw_merges, list):
+        raise bad("model.merges", "not a list")
+    merges, seen_pairs = [], set()
+    for k, m in enumerate(raw_merges):
         if isinstance(m, str):
             parts = m.split(" ")
+        elif isinstance(m, list):
+            parts = m
         else:
-            parts = list(m)
-        if len(parts) != 2 or parts[0] not in vocab or parts[1] not in vocab \
-                or parts[0] + parts[1] not in vocab:
-            raise bad(f"merge {k} ({m!r}) does not name vocabulary entries")
-        merges.append((vocab[parts[0]], vocab[parts[1]], vocab[parts[0] + parts[1]]))
+            parts = None
+        if (parts is None or len(parts) != 2 or not all(isinstance(x, str) for x in parts)
+                or parts[0] not in vocab or parts[1] not in vocab
+                or parts[0] + parts[1] not in vocab):
+            raise bad(f"model.merges[{k}]", f"{short(m)} does not name vocabulary entries")
+        a, b, new = vocab[parts[0]], vocab[parts[1]], vocab[parts[0] + parts[1]]
+        if a in added_ids or b in added_ids or new in added_ids:
+            raise bad(f"model.merges[{k}]", f"{short(m)} involves an added token")
+        if (a, b) in seen_pairs:
+            raise bad(f"model.merges[{k}]", f"{short(m)} repeats an earlier merge")
+        seen_pairs.add((a, b))
+        merges.append((a, b, new))
     return vocab_bytes, added, merges
 
 

@@ -10,6 +10,7 @@ only fill gaps, their topics unioned.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ from . import reader as R
 
 SCHEMA_PATH = Path(__file__).with_name("train.xsd")
 DEFAULT_MAX_XML_MB = 256
+#: --max-xml-mb may be raised up to this many megabytes (1 TiB)
+MAX_XML_MB = 1 << 20
+#: imports nest at most this deep (a longer chain is almost surely generated or a loop)
+MAX_IMPORT_DEPTH = 64
 
 
 @dataclass
@@ -34,6 +39,8 @@ class TrainDoc:
     phrases: List[R.Phrase]
     beyond_scope: Optional[R.BeyondScope]
     file_sizes: Dict[str, int] = field(default_factory=dict)
+    #: "FILE:LINE: warning: ..." lines (imports outside the main file's folder)
+    warnings: List[str] = field(default_factory=list)
 
     def text(self, kind: str, ident: str) -> str:
         return self.definitions[kind][ident].text
@@ -63,29 +70,44 @@ def _display(path: Path) -> str:
 
 
 class _Loader:
-    def __init__(self, main: Path, errors: Collector, max_bytes: int, max_mb: float):
+    def __init__(self, main: Path, errors: Collector, max_bytes: int, max_mb: float,
+                 allow_outside: bool = True):
         self.main = main
         self.base = main.parent
         self.errors = errors
         self.max_bytes = max_bytes
         self.max_mb = max_mb
+        self.allow_outside = allow_outside
         self.total = 0
         self.files: List[R.FileDoc] = []
         self.loaded: Dict[Path, R.Loc] = {}
         self.sizes: Dict[str, int] = {}
+        self.warnings: List[str] = []
+
+    def _inside(self, target: Path) -> bool:
+        try:
+            target.relative_to(self.base)
+            return True
+        except ValueError:
+            return False
 
     def load(self, path: Path, chain: List[Path], system: Optional[R.Ref],
              imported_at: Optional[R.Loc]) -> None:
         display = _display(path)
         where = (imported_at.file, imported_at.line) if imported_at else (display, None)
-        if not path.exists():
+        try:
+            exists, is_file = path.exists(), path.is_file()
+            size = path.stat().st_size if is_file else 0
+        except (OSError, ValueError) as exc:
+            self.errors.add(*where, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+            return
+        if not exists:
             self.errors.add(*where, f"file not found: {path}" if not imported_at else
                             f"imported file not found: {path}")
             return
-        if not path.is_file():
+        if not is_file:
             self.errors.add(*where, f"not a file: {path}")
             return
-        size = path.stat().st_size
         self.total += size
         if self.total > self.max_bytes:
             self.errors.add(where[0], where[1] or 1, f"the train files together exceed the size limit of "
@@ -110,7 +132,12 @@ class _Loader:
                 s.system_override = system
         self.files.append(doc)
         for imp in doc.imports:
-            target = (path.parent / imp.path).resolve()
+            try:
+                target = (path.parent / imp.path).resolve()
+            except (OSError, RuntimeError, ValueError) as exc:   # a symlink loop, a bad name
+                self.errors.add(imp.loc.file, imp.loc.line,
+                                f"cannot resolve the import path {imp.path!r}: {exc}")
+                continue
             if target in chain or target == path:
                 names = " -> ".join(_display(p) for p in chain + [path, target])
                 self.errors.add(imp.loc.file, imp.loc.line, f"import cycle: {names}")
@@ -120,6 +147,20 @@ class _Loader:
                                 f"{imp.path} is imported twice (first at {self.loaded[target]}); "
                                 "import each file once")
                 continue
+            if len(chain) + 1 >= MAX_IMPORT_DEPTH:
+                self.errors.add(imp.loc.file, imp.loc.line,
+                                f"imports nest more than {MAX_IMPORT_DEPTH} files deep "
+                                f"(from {_display(chain[0] if chain else path)})")
+                return
+            if not self._inside(target):
+                if not self.allow_outside:
+                    self.errors.add(imp.loc.file, imp.loc.line,
+                                    f"import {imp.path!r} ({target}) is outside the folder of "
+                                    f"{_display(self.main)} ({self.base}); imports outside it are "
+                                    "refused here")
+                    continue
+                self.warnings.append(f"{imp.loc}: warning: import {imp.path!r} reads {target}, "
+                                     f"outside the folder of {_display(self.main)}")
             self.load(target, chain + [path], imp.system or system, imp.loc)
 
     def _validate_schema(self, data: bytes, display: str) -> None:
@@ -201,17 +242,36 @@ def _check_refs(doc: TrainDoc, errors: Collector) -> None:
             check(r, "<beyond-scope>")
 
 
-def read_train_xml(path, max_xml_mb: float = DEFAULT_MAX_XML_MB) -> TrainDoc:
-    """Read, validate and merge ``path`` and its imports; raises PoppinsError with every problem."""
-    main = Path(path).resolve() if Path(path).exists() else Path(path)
+def check_max_xml_mb(max_xml_mb) -> float:
+    """``--max-xml-mb``: a finite number of megabytes in (0, MAX_XML_MB]."""
+    ok = isinstance(max_xml_mb, (int, float)) and not isinstance(max_xml_mb, bool)
+    if not ok or not math.isfinite(max_xml_mb) or not 0 < max_xml_mb <= MAX_XML_MB:
+        raise PoppinsError(f"--max-xml-mb must be a positive number of megabytes up to "
+                           f"{MAX_XML_MB}, got {max_xml_mb!r}")
+    return float(max_xml_mb)
+
+
+def read_train_xml(path, max_xml_mb: float = DEFAULT_MAX_XML_MB,
+                   allow_outside_imports: bool = True) -> TrainDoc:
+    """Read, validate and merge ``path`` and its imports; raises PoppinsError with every problem.
+
+    An import that resolves outside the main file's folder (``../``, an absolute path, a
+    symlink out) adds a warning to ``doc.warnings``; with ``allow_outside_imports=False`` it
+    is an error instead."""
+    max_xml_mb = check_max_xml_mb(max_xml_mb)
+    try:
+        main = Path(path).resolve() if Path(path).exists() else Path(path)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise PoppinsError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") \
+            from None
     errors = Collector()
-    if max_xml_mb <= 0:
-        raise PoppinsError("--max-xml-mb must be a positive number of megabytes")
-    loader = _Loader(main, errors, int(max_xml_mb * 2**20), max_xml_mb)
+    loader = _Loader(main, errors, int(max_xml_mb * 2**20), max_xml_mb,
+                     allow_outside=allow_outside_imports)
     loader.load(main, [], None, None)
     errors.check()
     doc = _merge(loader.files, errors)
     doc.file_sizes = loader.sizes
+    doc.warnings = loader.warnings
     _check_refs(doc, errors)
     errors.check()
     return doc

@@ -26,6 +26,10 @@ from ..special_tokens import CODE_LANGS, MAX_INDENT
 from . import constants as C
 
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
+#: An element with more attributes than this is refused before they are read.
+MAX_ATTRIBUTES = 32
+#: Import paths: at most this many characters (and 255 bytes per path component).
+MAX_IMPORT_PATH = 1024
 XML_WS = " \t\r\n"
 
 #: Root sections, in the order the documentation lists them.
@@ -205,6 +209,12 @@ class FileReader:
     def attrs(self, el, required=(), optional=()) -> Dict[str, str]:
         out = {}
         allowed = set(required) | set(optional)
+        # lxml looks attribute values up by name, so reading n of them costs n^2: count first
+        n = len(el.attrib)
+        if n > MAX_ATTRIBUTES:
+            self.err(el, f"<{self.tagname(el)}> has {n} attributes; at most {MAX_ATTRIBUTES} "
+                         f"are accepted (allowed here: {', '.join(sorted(allowed)) or 'none'})")
+            return out
         for key, value in el.attrib.items():
             if key.startswith("{"):
                 if key.startswith("{%s}" % XSI) and el.getparent() is None:
@@ -295,6 +305,14 @@ class FileReader:
                             "expand entities or load anything external; remove the <!DOCTYPE ...>")
             return None
         doc = FileDoc(path=self.path, display=self.display, root_line=root.sourceline or 1)
+        crowded = False
+        for el in root.iter():   # one linear pass before any attribute is read
+            if isinstance(el.tag, str) and len(el.attrib) > MAX_ATTRIBUTES:
+                self.err(el, f"<{self.tagname(el)}> has {len(el.attrib)} attributes; at most "
+                             f"{MAX_ATTRIBUTES} are accepted")
+                crowded = True
+        if crowded:
+            return doc
         if root.tag != "train":
             self.err(root, f"the root element is <{self.tagname(root)}>, expected <train>")
             return doc
@@ -316,7 +334,13 @@ class FileReader:
             a = self.attrs(el, required=("path",), optional=("system",))
             path = a.get("path", "").strip(XML_WS)
             if "path" in a and not path.endswith(".xml"):
-                self.err(el, f"import path {path!r} must name a .xml file")
+                self.err(el, f"import path {path[:80]!r} must name a .xml file")
+                continue
+            if len(path) > MAX_IMPORT_PATH or "\0" in path or any(
+                    len(part.encode("utf-8", "surrogatepass")) > 255
+                    for part in path.replace("\\", "/").split("/")):
+                self.err(el, f"import path {path[:80]!r}... is too long (at most "
+                             f"{MAX_IMPORT_PATH} characters, 255 bytes per folder or file name)")
                 continue
             sys_id = self.id_attr(el, a, "system")
             if path:
@@ -508,10 +532,12 @@ class FileReader:
             indent = 0
             if "indent" in a:
                 raw = a["indent"].strip(XML_WS)
-                if raw.isdigit() and 0 <= int(raw) <= MAX_INDENT:
+                # ASCII digits only ("²".isdigit() is true), and short enough for int()
+                if raw.isascii() and raw.isdigit() and len(raw) <= 6 and int(raw) <= MAX_INDENT:
                     indent = int(raw)
                 else:
-                    self.err(c, f"indent={a['indent']!r} must be a whole number from 0 to {MAX_INDENT}")
+                    self.err(c, f"indent={a['indent'][:20]!r} must be a whole number from 0 to "
+                                f"{MAX_INDENT}")
             if ref:
                 s.items.append(AiItem("code", ref, inline=inline, indent=indent, loc=loc))
         elif c.tag == "response-ids":
