@@ -9,7 +9,7 @@ in ``data: [DONE]``, or not), ``POST /tokenize`` and ``POST /detokenize``.
 OpenAI request fields: messages, prompt, max_tokens (max_completion_tokens), temperature,
 top_p, seed, stop, stream, stream_options.include_usage, n (several choices; with a seed,
 choice i uses seed + i), logprobs / top_logprobs (log-probabilities under the model's raw
-logits), plus llama.cpp's top_k, min_p, repeat_penalty and repeat_last_n.  What the model
+logits, for the answer's tokens; the layout's special tokens are left out), plus llama.cpp's top_k, min_p, repeat_penalty and repeat_last_n.  What the model
 cannot do is refused with a 400 naming the parameter (tools, tool_choice, functions,
 response_format other than text, logit_bias, echo, suffix, best_of > 1, audio, non-text
 modalities, frequency/presence penalties), like llama-server; other unknown fields are
@@ -326,6 +326,7 @@ class PoppinsServer(ThreadingHTTPServer):
         self.quiet = quiet
         self.created = int(time.time())
         self.gate = Gate(parallel or os.cpu_count() or 1, queue)
+        self.special_ids = frozenset(int(i) for i in model.tokenizer.special_ids) | set(STOP_IDS)
         self.header_timeout, self.body_timeout = header_timeout, body_timeout
         self.write_timeout = write_timeout
         allow = {h.strip().lower() for h in allow_hosts if h.strip()}
@@ -383,6 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: PoppinsServer
     protocol_version = "HTTP/1.1"
     server_version = f"poppins/{__version__}"
+    disable_nagle_algorithm = True      # small responses go out at once (no 40 ms stalls)
 
     def setup(self):
         super().setup()
@@ -406,6 +408,8 @@ class _Handler(BaseHTTPRequestHandler):
         """The standard library's own errors (bad request line, headers too long...) as
         OpenAI error objects; the connection closes (the request was not understood)."""
         self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"     # answer with a status line and headers
         try:
             self._error(ApiError(code, message or "bad request", close=True))
         except OSError:
@@ -666,7 +670,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _logprobs(self, entries: List[dict], chat: bool, offset: int = 0) -> Optional[dict]:
         """OpenAI's logprobs object for ``entries`` (poppins' Completion.logprobs items)."""
         tok = self.server.model.tokenizer
-        entries = [e for e in entries if e["id"] not in STOP_IDS]
+        hidden = self.server.special_ids
+        entries = [e for e in entries if e["id"] not in hidden]    # the layout's tags
 
         def text(i):
             return tok.decode([i])
