@@ -66,6 +66,7 @@ _FINISH = {"end": "stop", "stop-string": "stop", "max-tokens": "length", "contex
            "cancelled": "stop"}
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _I64 = 1 << 63
+_NET_ERRORS = (ConnectionError, TimeoutError, socket.timeout)   # a client gone or too slow
 
 
 class ApiError(Exception):
@@ -344,7 +345,7 @@ class PoppinsServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
+        if isinstance(exc, _NET_ERRORS):
             return                      # a client that went away is not a server error
         print(f"poppins: error serving {client_address[0]}: {type(exc).__name__}: {exc}",
               file=sys.stderr)
@@ -543,7 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             if self._sent:                 # mid-response: all that is left is to hang up
                 self.close_connection = True
-                if not isinstance(sys.exc_info()[1], (_Gone, ConnectionError, TimeoutError)):
+                if not isinstance(sys.exc_info()[1], (_Gone,) + _NET_ERRORS):
                     print(f"poppins: error in a response to {self.command} {self.path}: "
                           f"{sys.exc_info()[1]}", file=sys.stderr)
                 return
@@ -558,7 +559,7 @@ class _Handler(BaseHTTPRequestHandler):
         except PoppinsError as exc:
             self._discard_body()
             self._error(ApiError(400, str(exc)))
-        except (_Gone, ConnectionError, TimeoutError):
+        except (_Gone,) + _NET_ERRORS:
             self.close_connection = True
         except Exception as exc:  # a bug: answer 500 and keep serving
             self.close_connection = True
