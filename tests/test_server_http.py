@@ -375,8 +375,35 @@ class _SlowModel:
         return s
 
 
+def test_a_full_queue_answers_503_with_retry_after(open_server, model):
+    slow = _SlowModel(model, delay=0.5)
+    srv = open_server(model=slow, parallel=1, queue=64)
+    body = _post_bytes(CHAT, json.dumps({"messages": _msgs(FIRST), "temperature": 0,
+                                         "max_tokens": 64}).encode())
+    socks = []
+    try:
+        for _ in range(65):                       # one generating, 64 waiting
+            s = socket.create_connection(srv.server_address[:2], timeout=30)
+            s.sendall(body)
+            socks.append(s)
+        _until_waiting = time.monotonic() + 20
+        while srv.gate.busy != {"running": 1, "waiting": 64}:
+            assert time.monotonic() < _until_waiting, srv.gate.busy
+            time.sleep(0.05)
+        [(status, headers, data)] = _raw(srv, body)
+        assert status == 503 and int(headers["retry-after"]) > 0
+        assert _is_error(status, data, 503, 503)["code"] == "server_busy"
+    finally:
+        for s in socks:
+            s.close()
+    end = time.monotonic() + 20                   # the clients left: their places are freed
+    while srv.gate.busy != {"running": 0, "waiting": 0}:
+        assert time.monotonic() < end, srv.gate.busy
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_client_that_leaves_stops_its_generation(open_server, model, stream):
+def test_a_client_that_leaves_stops_its_generation(open_server, model, stream, capfd):
     slow = _SlowModel(model, delay=0.02 if stream else 0.2)
     srv = open_server(model=slow, parallel=1, max_tokens_cap=256)
     kw = dict(temperature=3.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=256)
@@ -407,6 +434,8 @@ def test_a_client_that_leaves_stops_its_generation(open_server, model, stream):
     # the slot is free again: the next request is served at once
     status, _, body = _post(srv, CHAT, {"messages": _msgs(FIRST), "temperature": 0})
     assert status == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err
 
 
 def _stream_once(addr, prompt):
