@@ -109,32 +109,43 @@ def test_chat_in_a_terminal(trained, tmp_path):
     t.send("\x11")
     t.expect("[stopped")
     t.expect("> ")
-    t.send(FIRST + "\r")                  # the session goes on
-    t.expect(FIRST + "\r\n")
-    t.expect("\n")
-    t.expect("> ")
-    t.send("/system\r")
+    t.send("/system\r")                    # the session goes on
     t.expect(f"[system] {SYSTEM}")
+    t.expect("> ")
+    t.send(FIRST + "\r")
+    deadline = time.monotonic() + 60       # a rambling answer: wait for it to be saved
+    while len(Memory(db).turns(conv["id"])) < 2:
+        assert time.monotonic() < deadline, "the turn after the stopped one was not saved"
+        time.sleep(0.1)
+    t.send("/quit\r")
+    assert t.wait() == 0
+    # greedy again: a multi-line block and a paste are one message each
+    t = Term(["chat", "-m", str(trained), "--db", str(db), "-t", "1", "--temp", "0",
+              "--conversation", conv["id"]])
+    t.expect("/help for commands")
     t.expect("> ")
     t.send("/history\r")
     t.expect(ANSWERS[FIRST])
     t.expect("> ")
-    # a block of several lines is one message
     t.send('"""\r')
     t.send("What is one half\r")
     t.send("plus one quarter?\r")
     t.send('"""\r')
-    t.expect("\n")
-    t.expect("> ")
+    t.expect('"""\r\n')
+    t.expect("\r\n> ")
+    t.send("Why?\rWhy not?\r")              # pasted at once: one message
+    t.expect("Why not?\r\n")
+    t.expect("\r\n> ")
     t.send("/list\r")
-    t.expect("3 turns")
+    t.expect("4 turns")
     t.expect("> ")
     t.send("/quit\r")
     assert t.wait() == 0
     with Memory(db) as mem:
         [conv] = mem.list_conversations()
         turns = mem.turns(conv["id"])
-    assert [u for u, _ in turns] == [FIRST, FIRST, "What is one half\nplus one quarter?"]
+    assert [u for u, _ in turns] == [FIRST, FIRST, "What is one half\nplus one quarter?",
+                                     "Why?\nWhy not?"]
     assert turns[0][1] == ANSWERS[FIRST]
     # resumed: the earlier turns are shown, and the conversation goes on
     t = Term(["chat", "-m", str(trained), "--db", str(db), "-t", "1", "--temp", "0",
