@@ -20,7 +20,7 @@ knows the conversation layout it was trained on.  Every answer carries ``usage``
 HTTP: the standard library's threading server, made to hold: every response either reads
 the whole request body or closes the connection; a listen backlog of 1024; an idle/header
 deadline and a body deadline per request (slow or half-sent requests are closed); at most
-``parallel`` generations at once (default: one per core) with up to ``queue`` more waiting
+``parallel`` generations at once (default: one per physical core) with up to ``queue`` more waiting
 in arrival order, a 503 with Retry-After beyond that; a client that goes away stops its
 generation; every malformed request gets an OpenAI error object with a 4xx status.
 
@@ -38,7 +38,6 @@ import hmac
 import ipaddress
 import json
 import math
-import os
 import select
 import socket
 import sys
@@ -53,6 +52,7 @@ from urllib.parse import urlsplit
 from ._version import __version__
 from .corpus.tokens import STOP_IDS
 from .errors import PoppinsError
+from .threads import physical_cores
 
 DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_MAX_TOKENS_CAP = 2048
@@ -326,7 +326,7 @@ class PoppinsServer(ThreadingHTTPServer):
         self.max_tokens_cap = max_tokens_cap
         self.quiet = quiet
         self.created = int(time.time())
-        self.gate = Gate(parallel or os.cpu_count() or 1, queue)
+        self.gate = Gate(parallel or physical_cores(), queue)
         self.special_ids = frozenset(int(i) for i in model.tokenizer.special_ids) | set(STOP_IDS)
         self.header_timeout, self.body_timeout = header_timeout, body_timeout
         self.write_timeout = write_timeout

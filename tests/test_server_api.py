@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from poppins.engine.sampling import token_logprobs
-from test_server import ANSWERS, FIRST, SYSTEM, model, trained  # noqa: F401  (fixtures)
+from test_server import FIRST, SYSTEM, model, trained  # noqa: F401  (fixtures)
 
 
 def _msgs(p):

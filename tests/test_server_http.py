@@ -529,3 +529,37 @@ def test_rss_stays_flat_over_2000_requests(open_server):
     grown = (_rss_kb() - before) / 1024
     conn.close()
     assert grown < 20, f"RSS grew by {grown:.1f} MB over 2,000 requests"
+
+
+def test_serve_command(trained):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    p = subprocess.Popen([sys.executable, "-m", "poppins", "serve", "-m", str(trained),
+                          "--port", "0", "--parallel", "2"],
+                         env=dict(os.environ, PYTHONPATH=str(repo)), stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        line = p.stderr.readline()
+        url = line.split(" on ")[1].split()[0]
+        host, port = url.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("POST", CHAT, body=json.dumps({"messages": _msgs(FIRST),
+                                                    "temperature": 0}).encode(),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 200
+        assert json.loads(r.read())["choices"][0]["message"]["content"] == ANSWERS[FIRST]
+        conn.close()
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and "Traceback" not in err
+    bad = subprocess.run([sys.executable, "-m", "poppins", "serve", "-m", str(trained),
+                          "--queue", "3"], env=dict(os.environ, PYTHONPATH=str(repo)),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--queue must be at least 64" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -27,11 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", default=None,
                    help="require this API key (default: $POPPINS_API_KEY, else none)")
     p.add_argument("--alias", default="poppins", help="the model name clients use (default poppins)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads per request")
+    p.add_argument("-t", "--threads", type=int, default=None,
+                   help="threads per answer (default: the cores shared among --parallel answers)")
     p.add_argument("--max-body-kb", type=int, default=1024, help="request body limit in KiB")
     p.add_argument("--max-tokens", type=int, default=2048, help="cap on max_tokens per request")
     p.add_argument("--parallel", type=int, default=None,
-                   help="answers generated at once (default: one per core)")
+                   help="answers generated at once (default: one per physical core)")
     p.add_argument("--queue", type=int, default=64,
                    help="requests that may wait for a slot (at least 64; more get a 503)")
     p.add_argument("--timeout", type=float, default=15.0,
@@ -56,12 +57,16 @@ def run(args) -> int:
             raise PoppinsError(f"{name} must be at least {lo}, got {v}")
     if not args.timeout > 0:
         raise PoppinsError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    model = Model.load(args.model, threads=args.threads)
+    from ..threads import default_threads, physical_cores
+
+    parallel = args.parallel or physical_cores()
+    threads = args.threads or max(1, default_threads() // parallel)   # no oversubscription
+    model = Model.load(args.model, threads=threads)
     key = args.api_key if args.api_key is not None else os.environ.get("POPPINS_API_KEY") or None
     try:
         srv = PoppinsServer((args.host, args.port), model, model_name=args.alias, api_key=key,
                             max_body=args.max_body_kb * 1024, max_tokens_cap=args.max_tokens,
-                            quiet=not args.verbose, parallel=args.parallel, queue=args.queue,
+                            quiet=not args.verbose, parallel=parallel, queue=args.queue,
                             header_timeout=args.timeout, body_timeout=2 * args.timeout,
                             allow_hosts=args.allow_host)
     except OSError as exc:
