@@ -21,7 +21,12 @@ Sampling keywords (llama.cpp's meaning and defaults): ``temperature`` (or ``temp
 ``seed`` -1 (random); ``temperature=0`` is greedy.  Other keywords: ``system`` (None: the
 model's default system prompt, "" none), ``max_tokens`` (-1: until the answer ends or the
 context is full), ``stop`` (strings that end the answer, not included), ``show_thoughts``,
-``context`` (a shorter KV cache than the model's context length).
+``context`` (a shorter KV cache than the model's context length), ``logprobs`` (None: off;
+an int k >= 0: record each generated token's log-probability under the model's raw logits
+and its k likeliest alternatives, in :attr:`Completion.logprobs` and, while streaming,
+:attr:`Stream.logprobs`; generation then goes token by token), ``cancel`` (a callable
+polled between tokens -- every 16 tokens in the compiled loop --; when it returns true the
+answer ends with stop_reason "cancelled", e.g. a server whose client went away).
 
 One loaded Model may be used from several threads at once: the weights are shared read-only
 and every call has its own KV cache and sampler.
@@ -37,11 +42,12 @@ import numpy as np
 from .corpus.tokens import STOP_IDS, prompt_ids, sample_head_ids, turn_ids
 from .engine.render import Renderer
 from .engine.runtime import Engine
-from .engine.sampling import Sampler, SamplingParams
+from .engine.sampling import Sampler, SamplingParams, token_logprobs
 from .errors import PoppinsError
 from .memory import fit_recent_turns
 
-_GEN_KEYS = ("system", "max_tokens", "stop", "show_thoughts", "context")
+_GEN_KEYS = ("system", "max_tokens", "stop", "show_thoughts", "context", "logprobs", "cancel")
+_CANCEL_EVERY = 16   # tokens per compiled generate() call when a cancel hook is polled
 
 
 @dataclass
@@ -51,11 +57,14 @@ class Completion:
     text: str
     tokens: List[int]
     prompt_tokens: int
-    stop_reason: str            # "end" | "stop-string" | "max-tokens" | "context"
+    stop_reason: str            # "end" | "stop-string" | "max-tokens" | "context" | "cancelled"
     prompt_seconds: float
     gen_seconds: float
     seed: int
     note: Optional[str] = None
+    #: with ``logprobs=k``: one entry per generated token, {"id", "logprob", "top": [(id,
+    #: logprob), ...k]} (natural log, softmax of the raw logits); else None
+    logprobs: Optional[List[dict]] = None
 
     @property
     def prompt_tok_s(self) -> float:
@@ -81,10 +90,19 @@ class Stream:
     Generation starts with the first ``next()`` (errors such as a too-long prompt are raised
     there)."""
 
-    def __init__(self, events: Iterator):
+    def __init__(self, events: Iterator, logprobs: Optional[List[dict]] = None):
         self._events = events
         #: the final Completion, None until the last piece has been taken
         self.completion: Optional[Completion] = None
+        #: with ``logprobs=k``: the entries of the tokens generated so far (grows while
+        #: streaming; a piece's tokens are in it when the piece is yielded), else None
+        self.logprobs = logprobs
+
+    def close(self) -> None:
+        """Stop generating (the rest of the answer is not produced)."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
 
     def __iter__(self) -> "Stream":
         return self
@@ -207,20 +225,34 @@ class Model:
     def chat_stream(self, messages, **kw) -> Stream:
         """The answer to a conversation (see :meth:`encode_conversation`) as a :class:`Stream`
         of text pieces; its ``.completion`` is the final Completion."""
-        return Stream(self._run(None, kw, messages=messages, stream=True))
+        return self._stream(None, kw, messages=messages, stream=True)
 
     def chat(self, messages, **kw) -> Completion:
         """The answer to a conversation (see :meth:`encode_conversation`), not streamed (the
         compiled generation loop)."""
-        return Stream(self._run(None, kw, messages=messages, stream=False)).result()
+        return self._stream(None, kw, messages=messages, stream=False).result()
 
-    def _run(self, prompt: Optional[str], kw, messages=None, stream: bool = True) -> Iterator:
+    def _stream(self, prompt, kw, messages=None, stream: bool = True) -> Stream:
+        lp = [] if kw.get("logprobs") is not None else None
+        return Stream(self._run(prompt, kw, messages=messages, stream=stream, lp=lp), lp)
+
+    def _run(self, prompt: Optional[str], kw, messages=None, stream: bool = True,
+             lp: Optional[List[dict]] = None) -> Iterator:
         """Yields (piece, None) while generating, then (None, Completion).  Without
-        ``stream`` and stop strings, the whole answer is one compiled loop (no GIL) and only
-        the final event comes."""
+        ``stream``, stop strings and logprobs, the whole answer is one compiled loop (no GIL;
+        in steps of _CANCEL_EVERY tokens with a cancel hook) and only the final event comes.
+        ``lp``: the list the logprob entries are appended to (``logprobs`` asked)."""
         if messages is None and not isinstance(prompt, str):
             raise PoppinsError(f"the prompt must be a str, got {type(prompt).__name__}")
         gen, params = _split_kwargs(dict(kw))
+        top = gen.get("logprobs")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 0):
+            raise PoppinsError(f"logprobs must be None or an int >= 0, got {top!r}")
+        if top is not None and lp is None:
+            lp = []
+        cancel = gen.get("cancel")
+        if cancel is not None and not callable(cancel):
+            raise PoppinsError("cancel must be a callable (returning true to stop) or None")
         system = gen.get("system")
         if system is not None and not isinstance(system, str):
             raise PoppinsError("system must be a str (\"\" for none) or None (the default)")
@@ -258,19 +290,37 @@ class Model:
         t = sampler.sample(logits, history[:nh])
         emitted = 0
         reason, note = "end", None
-        if not stream and not stops:
+
+        def record(logits, t):
+            if lp is not None:
+                chosen, alts = token_logprobs(logits, t, top)
+                lp.append({"id": int(t), "logprob": chosen, "top": alts})
+
+        if not stream and not stops and lp is None:
             out.append(t)
             history[nh] = t
             nh += 1
-            if t not in STOP_IDS:
+            cancelled = False
+            while out[-1] not in STOP_IDS:
                 room = ctx - nh
                 if max_tokens >= 0:
                     room = min(room, max_tokens - len(out))
-                n = sess.generate(t, sampler, history, nh, room, STOP_IDS)
+                if room <= 0:
+                    break
+                if cancel is not None:
+                    if cancel():
+                        cancelled = True
+                        break
+                    room = min(room, _CANCEL_EVERY)
+                n = sess.generate(out[-1], sampler, history, nh, room, STOP_IDS)
                 out += history[nh:nh + n].tolist()
                 nh += n
+                if cancel is None or n == 0:
+                    break
             t2 = time.perf_counter()
-            if out[-1] in STOP_IDS:
+            if cancelled:
+                reason = "cancelled"
+            elif out[-1] in STOP_IDS:
                 reason = "end"
             elif 0 <= max_tokens <= len(out):
                 reason = "max-tokens"
@@ -286,6 +336,7 @@ class Model:
                                    prompt_seconds=t1 - t0, gen_seconds=t2 - t1,
                                    seed=sampler.seed, note=note)
             return
+        record(logits, t)
         while True:
             out.append(t)
             history[nh] = t
@@ -314,9 +365,17 @@ class Model:
                 note = (f"the answer reached the end of the context ({ctx} tokens) and may "
                         "be cut short")
                 break
-            t = sess.next_token(t, sampler, history, nh)
+            if cancel is not None and cancel():
+                reason = "cancelled"
+                break
+            if lp is None:
+                t = sess.next_token(t, sampler, history, nh)
+            else:     # the same tokens as next_token (forward, then the same sampler)
+                logits = sess.forward([t])
+                t = sampler.sample(logits, history[:nh])
+                record(logits, t)
         t2 = time.perf_counter()
-        if reason != "stop-string":
+        if reason not in ("stop-string", "cancelled"):
             final = render.text(final=True)
             cut = scan.cut(final)
             if cut is not None:
@@ -329,12 +388,13 @@ class Model:
             text = render.text()[:emitted]
         yield None, Completion(text=text, tokens=out, prompt_tokens=len(ids),
                                stop_reason=reason, prompt_seconds=t1 - t0,
-                               gen_seconds=t2 - t1, seed=sampler.seed, note=note)
+                               gen_seconds=t2 - t1, seed=sampler.seed, note=note,
+                               logprobs=lp)
 
     def complete(self, prompt: str, **kw) -> Completion:
         """The answer with its tokens, stop reason and timings (not streamed: the compiled
         generation loop)."""
-        return Stream(self._run(prompt, kw, stream=False)).result()
+        return self._stream(prompt, kw, stream=False).result()
 
     def generate(self, prompt: str, **kw) -> str:
         """The rendered answer to ``prompt`` (see the module docstring for the keywords)."""
@@ -343,7 +403,7 @@ class Model:
     def stream(self, prompt: str, **kw) -> Stream:
         """The answer as a :class:`Stream`: its text pieces as they are generated
         (``"".join`` gives generate()'s text), then ``.completion``, the final Completion."""
-        return Stream(self._run(prompt, kw, stream=True))
+        return self._stream(prompt, kw, stream=True)
 
     def __repr__(self) -> str:
         c = self.engine.cfg

@@ -28,17 +28,23 @@ ANSWERS = {  # the conversation file's first sample, turn by turn
 FIRST = "Hi! Can you help me with fractions?"
 
 
+_TRAINED = {}   # one training per session, shared by the test_server*, test_chat, test_web files
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model that has learned the conversation file by heart (about 10 s)."""
     from poppins.training import train
 
+    if "path" in _TRAINED:
+        return _TRAINED["path"]
     out = tmp_path_factory.mktemp("served") / ".poppins"
     train(CONV, out, overrides=dict(dim=64, layers=2, heads=2, batch_size=2, steps=150,
                                     warmup_steps=10, lr=1e-2, threads=1, val_interval=50,
                                     checkpoint_interval=150),
           log=None, progress_stream=open(os.devnull, "w"))
     assert (out / "model.poppins").is_file()
+    _TRAINED["path"] = out
     return out
 
 

@@ -188,3 +188,22 @@ def sample_reference(logits: np.ndarray, params: SamplingParams, state: int,
     u = (r >> 11) * (1.0 / 9007199254740992.0) * c[-1]
     j = min(int(np.searchsorted(c, u, side="right")), idx.shape[0] - 1)
     return int(idx[j]), state
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int = 0):
+    """(logprob of ``token``, [(id, logprob), ...] of the ``top`` likeliest ids) under the
+    softmax of the raw ``logits`` (before any sampler: OpenAI's ``logprobs`` /
+    ``top_logprobs`` and llama-server's default).  The top list is largest first, ties by the
+    smaller id."""
+    lg = np.asarray(logits, dtype=np.float64).reshape(-1)
+    m = float(np.max(lg))
+    lse = m + math.log(float(np.sum(np.exp(lg - m))))
+    chosen = float(lg[int(token)] - lse)
+    if top <= 0:
+        return chosen, []
+    k = min(int(top), lg.shape[0])
+    idx = np.argpartition(-lg, k - 1)[:k]
+    kth = np.min(lg[idx])
+    idx = np.flatnonzero(lg >= kth)
+    idx = idx[np.lexsort((idx, -lg[idx]))][:k]
+    return chosen, [(int(i), float(lg[i] - lse)) for i in idx]
