@@ -46,6 +46,9 @@ from .engine.sampling import Sampler, SamplingParams, token_logprobs
 from .errors import PoppinsError
 from .memory import fit_recent_turns
 
+#: the largest max_tokens accepted (the context bounds an answer long before it)
+MAX_TOKENS_LIMIT = (1 << 31) - 1
+
 _GEN_KEYS = ("system", "max_tokens", "stop", "show_thoughts", "context", "logprobs", "cancel")
 _CANCEL_EVERY = 16   # tokens per compiled generate() call when a cancel hook is polled
 
@@ -257,7 +260,13 @@ class Model:
         if system is not None and not isinstance(system, str):
             raise PoppinsError("system must be a str (\"\" for none) or None (the default)")
         max_tokens = gen.get("max_tokens")
-        max_tokens = -1 if max_tokens is None else int(max_tokens)
+        if max_tokens is None:
+            max_tokens = -1
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) \
+                or not -1 <= max_tokens <= MAX_TOKENS_LIMIT:
+            raise PoppinsError(f"max_tokens must be -1 (until the answer ends), 0 or a positive "
+                               f"whole number up to {MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+        max_tokens = int(max_tokens)
         stops = gen.get("stop") or ()
         if isinstance(stops, str):
             stops = [stops]
@@ -278,6 +287,11 @@ class Model:
                                                               self.engine.default_system)
                                   or system else ""))
         sampler = Sampler(params)
+        if max_tokens == 0:   # nothing asked for: no token is computed
+            yield None, Completion(text="", tokens=[], prompt_tokens=len(ids),
+                                   stop_reason="max-tokens", prompt_seconds=0.0,
+                                   gen_seconds=0.0, seed=sampler.seed, logprobs=lp)
+            return
         render = Renderer(self.tokenizer, self.engine.sources,
                           bool(gen.get("show_thoughts", False)))
         history = np.zeros(ctx, np.int32)

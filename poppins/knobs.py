@@ -221,6 +221,9 @@ KNOBS: Tuple[Knob, ...] = (
        default_text="off"),
     _K("max-xml-mb", "float", 256.0, "size limit of train.xml with its imports", scope="run",
        attr="max_xml_mb", flags=("--max-xml-mb",), lo=0, lo_open=True, metavar="MB"),
+    _K("outside-imports", "bool", True, "refuse imports outside train.xml's folder (by default "
+       "each is allowed with a warning naming it)", scope="run", attr="allow_outside_imports",
+       flags=("--no-outside-imports",), flag_value=False, default_text="allowed, warned"),
     _K("data-only", "bool", False, "stop after the data stage (tokenizer, corpus files and "
        "manifest)", scope="run", attr="data_only", flags=("--data-only",), flag_value=True),
     _K("resume", "bool", False, "continue from OUT_DIR/checkpoints/last.ckpt (refused if the "

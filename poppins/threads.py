@@ -8,6 +8,7 @@ read the environment themselves.
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 
 
@@ -36,16 +37,41 @@ def physical_cores() -> int:
     return max(1, len(cores) or len(cpus))
 
 
+def max_threads() -> int:
+    """The most threads poppins runs: 4 x the CPUs this process may use, at most 256.
+
+    More threads than CPUs only time-slice (each OpenMP worker also costs a stack and a slot in
+    every parallel region), and an absurd count (``-t 65536``) would exhaust the process; a
+    larger request is clamped to this, with a note on stderr (:func:`resolve_threads`)."""
+    return max(1, min(MAX_THREADS_CAP, 4 * max(1, len(_affinity()) or (os.cpu_count() or 1))))
+
+
+#: the hard upper bound of :func:`max_threads`
+MAX_THREADS_CAP = 256
+_clamp_noted: set = set()
+
+
+def _clamp(n: int, source: str) -> int:
+    hi = max_threads()
+    if n <= hi:
+        return n
+    if (n, source) not in _clamp_noted:
+        _clamp_noted.add((n, source))
+        sys.stderr.write(f"poppins: {source} asks for {n} threads; using {hi} (at most 4 x the "
+                         f"CPUs this process may use, and never more than {MAX_THREADS_CAP})\n")
+    return hi
+
+
 def default_threads() -> int:
     """Threads to use when the user did not say: ``POPPINS_THREADS`` or the physical cores."""
     env = os.environ.get("POPPINS_THREADS", "").strip()
     if env:
         try:
-            n = int(env)
+            n = int(env) if env.isascii() and len(env) <= 12 else 0
         except ValueError:
             n = 0
         if n > 0:
-            return n
+            return _clamp(n, "POPPINS_THREADS")
     return physical_cores()
 
 
@@ -63,10 +89,11 @@ PARALLEL_MIN_MACS = 1 << 18
 
 
 def resolve_threads(requested: "int | None") -> int:
-    """A user's ``-t`` value (None or <= 0 means the default) -> a positive thread count."""
+    """A user's ``-t`` value (None or <= 0 means the default) -> a positive thread count, at
+    most :func:`max_threads` (a larger request is clamped, with a note on stderr)."""
     if requested is None or requested <= 0:
         return default_threads()
-    return int(requested)
+    return _clamp(int(requested), "the thread count")
 
 
 # --------------------------------------------------------------------------- BLAS threads

@@ -427,3 +427,12 @@ def test_javascript_source_url_is_kept_as_text_in_the_data(tmp_path, capsys):
     assert code == 0, err
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["sources"]["so::js"]["url"] == "javascript:alert(1)"
+
+
+def test_no_outside_imports_flag_refuses_them(tmp_path, capsys):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (tmp_path / "outside.xml").write_text("<train/>")
+    (proj / "train.xml").write_text(_with_import("../outside.xml"))
+    code, err = run_train(proj / "train.xml", tmp_path / "out", capsys, "--no-outside-imports")
+    assert code == 2 and "is outside the folder" in err and "Traceback" not in err

@@ -51,13 +51,19 @@ def run(args) -> int:
 
     from ..errors import PoppinsError
 
-    for name, v, lo in (("--parallel", args.parallel, 1), ("--queue", args.queue, 64),
-                        ("--max-tokens", args.max_tokens, 1), ("--max-body-kb", args.max_body_kb, 1)):
+    from ..threads import default_threads, max_threads, physical_cores
+
+    for name, v, lo, hi in (("--port", args.port, 0, 65535),
+                            ("--parallel", args.parallel, 1, max_threads()),
+                            ("--queue", args.queue, 64, 1 << 20),
+                            ("--max-tokens", args.max_tokens, 1, (1 << 31) - 1),
+                            ("--max-body-kb", args.max_body_kb, 1, 1 << 20)):
         if v is not None and v < lo:
             raise PoppinsError(f"{name} must be at least {lo}, got {v}")
-    if not args.timeout > 0:
-        raise PoppinsError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    from ..threads import default_threads, physical_cores
+        if v is not None and v > hi:
+            raise PoppinsError(f"{name} must be at most {hi}, got {v}")
+    if not 0 < args.timeout <= 86400:   # also refuses nan
+        raise PoppinsError(f"--timeout must be > 0 and at most 86400 seconds, got {args.timeout}")
 
     parallel = args.parallel or physical_cores()
     threads = args.threads or max(1, default_threads() // parallel)   # no oversubscription

@@ -69,12 +69,14 @@ def run(args) -> int:
         from ..datastage import prepare_data
 
         prepare_data(args.train_xml, args.out_dir, seed=args.seed,
-                     val_fraction=args.val_fraction, max_xml_mb=args.max_xml_mb)
+                     val_fraction=args.val_fraction, max_xml_mb=args.max_xml_mb,
+                     allow_outside_imports=args.allow_outside_imports)
         return 0
     from ..training import train
 
     overrides = {name: getattr(args, name) for name, k in CONFIG.items()
                  if k.flags and getattr(args, name) is not None}
     result = train(args.train_xml, args.out_dir, seed=args.seed, val_fraction=args.val_fraction,
-                   max_xml_mb=args.max_xml_mb, resume=args.resume, overrides=overrides)
+                   max_xml_mb=args.max_xml_mb, resume=args.resume, overrides=overrides,
+                   allow_outside_imports=args.allow_outside_imports)
     return {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped, 0)

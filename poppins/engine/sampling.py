@@ -34,6 +34,9 @@ import numpy as np
 from ..errors import PoppinsError
 
 
+_I32 = (1 << 31) - 1
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling settings (defaults: llama.cpp's, decisions.md "Inference")."""
@@ -52,10 +55,13 @@ class SamplingParams:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 errs.append(f"{name} must be a number, got {v!r}")
-        for name in ("top_k", "repeat_last_n", "seed"):
+        for name, lo, hi in (("top_k", 0, _I32), ("repeat_last_n", -1, _I32),
+                             ("seed", -1, (1 << 64) - 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 errs.append(f"{name} must be an integer, got {v!r}")
+            elif not lo <= v <= hi:
+                errs.append(f"{name} must be between {lo} and {hi}, got {v}")
         if not errs:
             if self.temperature < 0:
                 errs.append(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")

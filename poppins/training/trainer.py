@@ -109,14 +109,15 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, context: int) -> ModelCo
 
 def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
           val_fraction: Optional[float] = None, max_xml_mb: float = 256, resume: bool = False,
-          overrides: Optional[Dict] = None, log: Optional[Callable[[str], None]] = print,
+          overrides: Optional[Dict] = None, allow_outside_imports: bool = True, log: Optional[Callable[[str], None]] = print,
           progress_stream=None) -> TrainResult:
     """Run the data stage, then train.  ``overrides`` are TrainConfig fields (the CLI flags)."""
     say = log or (lambda _m: None)
     overrides = TrainConfig.check_overrides(overrides)   # unknown keys, bad values: before any work
     out_dir = Path(out_dir)
     data = prepare_data(train_xml, out_dir, seed=seed, val_fraction=val_fraction,
-                        max_xml_mb=max_xml_mb, log=log)
+                        max_xml_mb=max_xml_mb, log=log,
+                        allow_outside_imports=allow_outside_imports)
     manifest = data.manifest
     manifest_sha = _sha256(out_dir / MANIFEST)
     cfg = TrainConfig(seed=seed).with_constants(manifest["constants"])
