@@ -258,7 +258,7 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
             "history": history}, {"params": model.flat_params, "adam_m": opt.m, "adam_v": opt.v})
 
     prog = Progress(total, start_step=step, stream=progress_stream, log_interval=cfg.log_interval,
-                    quiet=not group.is_root)
+                    quiet=not group.is_root, tty=False if group.size > 1 else None)
     t0 = time.perf_counter()
     stopped, loss, val = "done", float("nan"), None
     if history:
