@@ -221,3 +221,29 @@ def test_killed_rank_ends_the_job_and_resume_on_one_rank_continues(tmp_path, acc
     assert f"resume   from step {header['step']} of 8" in r.stdout
     assert "plan     8 steps of 6 x" in r.stdout
     _same_run(accum2, out, config=False)   # config.json: another checkpoint interval
+
+
+@needs_mpi
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    out = tmp_path / "term"
+    job = subprocess.Popen(_mpirun(2) + _train_cmd(out, "--steps", "100000",
+                                                   "--checkpoint-interval", "100000"),
+                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = _rank_pid(out, 0, job)
+        deadline = time.time() + 120
+        while not (out / "config.json").exists() and time.time() < deadline:
+            assert job.poll() is None, job.communicate()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        os.kill(victim, signal.SIGTERM)
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode == 143, stdout + stderr
+    assert "continue with --resume" in stdout and "Traceback" not in stderr
+    header, _ = load_checkpoint(checkpoint_path(out))   # written at the agreed step
+    assert 1 <= header["step"] < 100000
+    assert f"stopped  by SIGTERM at step {header['step']}/" in stdout
