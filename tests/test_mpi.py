@@ -118,6 +118,65 @@ def test_without_mpi_nothing_changes_and_mpi4py_is_not_imported(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+class _FakeWorld:
+    """``Allgather`` of rank ``rank`` of ``size``: the other ranks' contributions are the
+    gradients / (loss, tokens, present) of their micro-batches, computed beforehand."""
+
+    def __init__(self, size, rank, grads, sides):
+        self.size, self.rank, self.grads, self.sides, self.round = size, rank, grads, sides, 0
+
+    def Allgather(self, send, recv):
+        if send.dtype == np.float64:   # the second collective of a round: (loss, tokens, present)
+            for q in range(self.size):
+                recv[q] = send if q == self.rank else self.sides.get(self.round * self.size + q,
+                                                                     (0.0, 0.0, 0.0))
+            self.round += 1
+            return
+        for q in range(self.size):
+            m = self.round * self.size + q
+            recv[q] = send if q == self.rank else self.grads.get(m, np.full_like(send, np.nan))
+
+
+@pytest.mark.parametrize("size,accum", [(2, 2), (3, 5), (4, 2)])
+def test_rank_order_sum_is_grad_accum_arithmetic(tmp_path, size, accum):
+    """Without MPI: one rank's ``accumulate`` (the others' gradients faked) gives the bits of
+    ``backward(accumulate=True)`` over the same micro-batches, for any ranks / micro-batches."""
+    from poppins.datastage import prepare_data
+    from poppins.model import Model, ModelConfig
+    from poppins.corpus import tokens as T
+    from poppins.training.data import EpochStream, PackedSamples
+
+    prepare_data(CURRENT, tmp_path / "d", log=None)
+    packed = PackedSamples(*T.read_bins(tmp_path / "d", "train"), 64)
+    stream = EpochStream(packed, 1)
+    micro_rows = [stream.take(0, 3 * m, 3)[0] for m in range(accum)]
+    model = Model(ModelConfig(vocab_size=600, dim=32, layers=1, heads=2, context_length=64),
+                  seed=3, threads=1)
+    grads, sides, loss_ref = {}, {}, 0.0
+    for m, rows in enumerate(micro_rows):   # each micro-batch's own gradient
+        b = packed.fill(rows)
+        loss = model.forward(b.tokens, b.targets, mask=b.mask, weights=b.weights,
+                             segments=b.segments)
+        model.backward()
+        grads[m] = model.flat_grads.copy()
+        sides[m] = (loss, b.real_tokens, 1.0)
+    for m, rows in enumerate(micro_rows):   # the one-process path of the trainer
+        b = packed.fill(rows)
+        loss_ref += model.forward(b.tokens, b.targets, mask=b.mask, weights=b.weights,
+                                  segments=b.segments)
+        model.backward(accumulate=m > 0)
+    ref = model.flat_grads.copy()
+    for rank in range(size):
+        group = D.MPIGroup.__new__(D.MPIGroup)
+        group.size, group.rank, group.comm_seconds, group._bufs = size, rank, 0.0, ()
+        group.comm = _FakeWorld(size, rank, grads, sides)
+        model.flat_grads[...] = np.nan
+        loss_sum, real = group.accumulate(model, packed, micro_rows)
+        assert loss_sum == loss_ref
+        assert real == sum(int(s[1]) for s in sides.values())
+        assert np.array_equal(model.flat_grads, ref), rank
+
+
 # ---------------------------------------------------------------------------- under MPI
 @pytest.fixture(scope="module")
 def accum2(tmp_path_factory) -> Path:
