@@ -106,7 +106,7 @@ class MPIGroup:
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size = local.Get_size()
         local.Free()
-        self.comm_seconds = 0.0   # time spent in the gradient collectives (and waiting)
+        self.comm_seconds = 0.0   # time in the collectives of the steps (and waiting in them)
         self._bufs: Tuple = ()
 
     # -- small objects (pickled) ---------------------------------------------------------
@@ -118,7 +118,10 @@ class MPIGroup:
 
     def agree_stop(self, signame: Optional[str]) -> Optional[str]:
         """The stop signal of the lowest rank that got one (every rank gets the same)."""
-        return next((s for s in self.allgather(signame) if s), None)
+        t = time.perf_counter()
+        names = self.allgather(signame)
+        self.comm_seconds += time.perf_counter() - t
+        return next((s for s in names if s), None)
 
     # -- the gradient step -----------------------------------------------------------------
     def _buffers(self, flat: np.ndarray):
