@@ -237,8 +237,10 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         ranks = (f"; {group.size} MPI ranks x {threads} thread(s), up to "
                  f"{-(-cfg.grad_accum // group.size)} micro-batch(es) per rank and step")
         if cfg.grad_accum < group.size:
+            idle = (f"rank {cfg.grad_accum} stays" if cfg.grad_accum == group.size - 1
+                    else f"ranks {cfg.grad_accum} to {group.size - 1} stay")
             say(f"note     a step has {cfg.grad_accum} micro-batch(es) (--grad-accum of the "
-                f"checkpoint): ranks {cfg.grad_accum} to {group.size - 1} stay idle")
+                f"checkpoint): {idle} idle")
     say(f"model    {model.num_params():,} parameters: d={mcfg.dim}, {mcfg.layers} layers, "
         f"{mcfg.heads} heads, {mcfg.attention}, context {context}, vocab {mcfg.vocab_size}, "
         f"{'ternary' if mcfg.quantize else 'float'} weights{ranks}")
