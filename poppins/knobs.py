@@ -255,7 +255,8 @@ KNOBS: Tuple[Knob, ...] = (
        attr="epochs", constant="epochs", flags=("--epochs",), lo=0, lo_open=True),
     _K("batch-size", "int", 6, "packed sequences per micro-batch", attr="batch_size",
        constant="batch-size", flags=("--batch-size",), lo=1, hi=1 << 16),
-    _K("gradient-accumulation-steps", "int", 1, "micro-batches per optimizer step",
+    _K("gradient-accumulation-steps", "int", 1, "micro-batches per optimizer step (per rank "
+       "under mpirun)",
        attr="grad_accum", constant="gradient-accumulation-steps", flags=("--grad-accum",),
        lo=1),
     _K("learning-rate", "float", 4e-3, "peak learning rate (AdamW)", attr="lr",
@@ -292,7 +293,7 @@ KNOBS: Tuple[Knob, ...] = (
        "and threads, same bytes)", attr="seed", flags=("-s", "--seed"), lo=0, section="run"),
     _K("threads", "int", None, "threads (0: the default)", attr="threads",
        flags=("-t", "--threads"), lo=0, optional=True, metavar="N",
-       default_text="physical cores", section="run"),
+       default_text="physical cores (under mpirun: the rank's share)", section="run"),
     # -- data: constants read by the data stage ----------------------------------------------
     _K("bpe-vocab-size", "int", 8192, "total token ids: 125 special tokens + 256 bytes + "
        "requested tokens + merges", scope="data", constant="bpe-vocab-size", lo=381,

@@ -96,6 +96,25 @@ def resolve_threads(requested: "int | None") -> int:
     return _clamp(int(requested), "the thread count")
 
 
+def rank_default_threads(ranks_on_machine: int) -> int:
+    """The default thread count of one of ``ranks_on_machine`` processes sharing this machine
+    (MPI ranks): ``POPPINS_THREADS`` when set, else its share of the machine's physical cores,
+    at most the cores it may run on (a launcher may bind it to fewer), at least 1."""
+    if os.environ.get("POPPINS_THREADS", "").strip():
+        return default_threads()
+    machine = len({_core_of(cpu) for cpu in range(os.cpu_count() or 1)}) or 1
+    return max(1, min(physical_cores(), machine // max(1, int(ranks_on_machine))))
+
+
+def _core_of(cpu: int):
+    base = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+    try:
+        with open(f"{base}/physical_package_id") as f, open(f"{base}/core_id") as g:
+            return f.read().strip(), g.read().strip()
+    except OSError:
+        return cpu
+
+
 # --------------------------------------------------------------------------- BLAS threads
 # GEMMs go to the BLAS numpy is linked with.  Its thread count is set here and only here,
 # through the library's own C API (ctypes on the already-loaded shared object; no dependency).

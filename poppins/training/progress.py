@@ -25,10 +25,11 @@ def fmt_duration(seconds: float) -> str:
 
 class Progress:
     def __init__(self, total: int, start_step: int = 0, stream: Optional[TextIO] = None,
-                 log_interval: int = 10, tty: Optional[bool] = None):
+                 log_interval: int = 10, tty: Optional[bool] = None, quiet: bool = False):
         self.total = total
+        self.quiet = quiet   # MPI ranks other than 0 print nothing
         self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty() if tty is None else tty
+        self.tty = (not quiet and self.stream.isatty()) if tty is None else tty
         self.log_interval = log_interval
         self.t0 = time.perf_counter()
         self.s0 = start_step
@@ -48,6 +49,8 @@ class Progress:
     def update(self, step: int, loss: float, val: Optional[float], lr: float, tokens: int,
                keep: bool = False) -> None:
         self.tokens += tokens
+        if self.quiet:
+            return
         text = self.line(step, loss, val, lr)
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if keep else ""))
@@ -58,6 +61,8 @@ class Progress:
             self.stream.flush()
 
     def message(self, text: str) -> None:
+        if self.quiet:
+            return
         if self.tty and self._open:
             self.stream.write("\n")
             self._open = False

@@ -5,6 +5,9 @@
 Deterministic: the same seed and thread count give the same loss curve, bit for bit, and a
 run resumed from a checkpoint (``--resume``) ends with the same weights as one that was never
 interrupted.  Ctrl+C or SIGTERM finish the current step, write a checkpoint and stop.
+
+Under ``mpirun -n N`` the run is data-parallel (poppins.training.distributed): the same
+result as one process at ``--grad-accum N`` times as many micro-batches.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from ..datastage import MANIFEST, prepare_data
 from ..errors import PoppinsError
 from ..fileio import atomic_write_text
 from ..model import AdamW, Model, ModelConfig
-from ..threads import resolve_threads
+from ..threads import rank_default_threads, resolve_threads
+from . import distributed as D
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import EpochStream, PackedSamples, batches_in_order
@@ -87,17 +91,26 @@ def _round_up(n: int, k: int) -> int:
     return (n + k - 1) // k * k
 
 
-def evaluate(model: Model, packed: PackedSamples, batch_size: int) -> Optional[float]:
-    """Mask-weighted mean loss over every sample of ``packed`` (None when it is empty)."""
-    total, weight = 0.0, 0.0
-    for b in batches_in_order(packed, batch_size):
+def evaluate(model: Model, packed: PackedSamples, batch_size: int,
+             group=D.SOLO) -> Optional[float]:
+    """Mask-weighted mean loss over every sample of ``packed`` (None when it is empty).
+    Under MPI batch i is evaluated by rank i % N and the sums are taken in batch order."""
+    parts = []
+    for i, b in enumerate(batches_in_order(packed, batch_size)):
+        if i % group.size != group.rank:
+            continue
         m = float(b.mask.sum())
         if m == 0:
             continue
-        total += model.forward(b.tokens, b.targets, mask=b.mask, weights=b.weights,
-                               segments=b.segments) * m
-        weight += m
+        parts.append((i, model.forward(b.tokens, b.targets, mask=b.mask, weights=b.weights,
+                                       segments=b.segments) * m, m))
     model.release_buffers()
+    if group.size > 1:
+        parts = sorted(p for ps in group.allgather(parts) for p in ps)
+    total, weight = 0.0, 0.0
+    for _i, lm, m in parts:
+        total += lm
+        weight += m
     return total / weight if weight else None
 
 
@@ -111,10 +124,39 @@ def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
           val_fraction: Optional[float] = None, max_xml_mb: float = 256, resume: bool = False,
           overrides: Optional[Dict] = None, allow_outside_imports: bool = True, log: Optional[Callable[[str], None]] = print,
           progress_stream=None) -> TrainResult:
-    """Run the data stage, then train.  ``overrides`` are TrainConfig fields (the CLI flags)."""
-    say = log or (lambda _m: None)
+    """Run the data stage, then train.  ``overrides`` are TrainConfig fields (the CLI flags).
+    Under an MPI launcher every rank calls this (data-parallel; see training.distributed)."""
     overrides = TrainConfig.check_overrides(overrides)   # unknown keys, bad values: before any work
+    group = D.current_group()
+    if not group.is_root:
+        log = None
+    say = log or (lambda _m: None)
     out_dir = Path(out_dir)
+
+    def setup():
+        return _setup(train_xml, out_dir, seed, val_fraction, max_xml_mb, resume, overrides,
+                      log, group.size)
+
+    cfg, manifest, manifest_sha, ckpt_state = D.on_root(group, setup)
+    if not group.is_root:   # the bins must be the ones rank 0 wrote (shared or copied folder)
+        try:
+            mine = _sha256(out_dir / MANIFEST)
+        except OSError:
+            mine = None
+        D.all_ok(group, None if mine == manifest_sha else
+                 f"{out_dir / MANIFEST} on host {group.host} is "
+                 f"{'missing' if mine is None else 'not the one rank 0 wrote'}; use an output "
+                 f"folder shared by every machine, or copy it after `train --data-only`")
+    elif group.size > 1:
+        D.all_ok(group, None)
+    with group.guard():
+        return run(out_dir, cfg, manifest, manifest_sha, ckpt_state, say, progress_stream,
+                   group=group)
+
+
+def _setup(train_xml, out_dir: Path, seed, val_fraction, max_xml_mb, resume, overrides, log,
+           ranks: int):
+    """The data stage and the run's TrainConfig (and checkpoint when resuming)."""
     data = prepare_data(train_xml, out_dir, seed=seed, val_fraction=val_fraction,
                         max_xml_mb=max_xml_mb, log=log,
                         allow_outside_imports=allow_outside_imports)
@@ -122,6 +164,8 @@ def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
     manifest_sha = _sha256(out_dir / MANIFEST)
     cfg = TrainConfig(seed=seed).with_constants(manifest["constants"])
     cfg = TrainConfig.from_dict(dict(cfg.to_dict(), **(overrides or {})))
+    if ranks > 1:   # grad_accum of the saved config: micro-batches per step of all ranks
+        cfg = cfg.with_overrides({"grad_accum": cfg.grad_accum * ranks})
     ckpt_state = None
     if resume:
         path = checkpoint_path(out_dir)
@@ -135,13 +179,18 @@ def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
         threads = (overrides or {}).get("threads")
         cfg = TrainConfig.from_dict(dict(header["train_config"],
                                          **({"threads": threads} if threads else {})))
+        if ranks > 1:   # memmaps of rank 0's file: sent to the other ranks as arrays
+            arrays = {k: np.array(v) for k, v in arrays.items()}
         ckpt_state = (header, arrays)
-    return run(out_dir, cfg, manifest, manifest_sha, ckpt_state, say, progress_stream)
+    return cfg, manifest, manifest_sha, ckpt_state
 
 
 def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt_state,
-        say: Callable[[str], None], progress_stream=None) -> TrainResult:
-    threads = resolve_threads(cfg.threads)
+        say: Callable[[str], None], progress_stream=None, group=D.SOLO) -> TrainResult:
+    if cfg.threads or group.size == 1:
+        threads = resolve_threads(cfg.threads)
+    else:
+        threads = rank_default_threads(group.local_size)
     longest = max(v["longest_sample"] for v in manifest["tokens"].values())
     context = cfg.context or min(max(MIN_CONTEXT, _round_up(longest, 64)), cfg.context_cap)
     scales = (cfg.loss_scale_response, cfg.loss_scale_source, cfg.loss_scale_code)
@@ -180,12 +229,22 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         history = [list(h) for h in header.get("history", [])]
         total = int(header["total_steps"])
         say(f"resume   from step {step} of {total} ({checkpoint_path(out_dir)})")
-    atomic_write_text(out_dir / "config.json", json.dumps(
-        {"poppins_version": __version__, "model": mcfg.to_dict(), "train": cfg.to_dict()},
-        indent=2, sort_keys=True) + "\n")
+    if group.is_root:
+        atomic_write_text(out_dir / "config.json", json.dumps(
+            {"poppins_version": __version__, "model": mcfg.to_dict(), "train": cfg.to_dict()},
+            indent=2, sort_keys=True) + "\n")
+    ranks = f"; {threads} thread(s)"
+    if group.size > 1:
+        ranks = (f"; {group.size} MPI ranks x {threads} thread(s), up to "
+                 f"{-(-cfg.grad_accum // group.size)} micro-batch(es) per rank and step")
+        if cfg.grad_accum < group.size:
+            idle = (f"rank {cfg.grad_accum} stays" if cfg.grad_accum == group.size - 1
+                    else f"ranks {cfg.grad_accum} to {group.size - 1} stay")
+            say(f"note     a step has {cfg.grad_accum} micro-batch(es) (--grad-accum of the "
+                f"checkpoint): {idle} idle")
     say(f"model    {model.num_params():,} parameters: d={mcfg.dim}, {mcfg.layers} layers, "
         f"{mcfg.heads} heads, {mcfg.attention}, context {context}, vocab {mcfg.vocab_size}, "
-        f"{'ternary' if mcfg.quantize else 'float'} weights; {threads} thread(s)")
+        f"{'ternary' if mcfg.quantize else 'float'} weights{ranks}")
     say(f"plan     {total} steps of {per_step} x {context} tokens "
         f"({steps_per_epoch} steps/epoch, {len(packed)} samples, padding {padding:.0%}); "
         f"lr {cfg.lr:g} {cfg.schedule}, warmup {cfg.warmup_steps}")
@@ -193,13 +252,16 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
     ckpt = checkpoint_path(out_dir)
 
     def save() -> None:
+        if not group.is_root:
+            return
         save_checkpoint(ckpt, {
             "poppins_version": __version__, "train_config": cfg.to_dict(),
             "model_config": mcfg.to_dict(), "manifest_sha256": manifest_sha, "step": step,
             "total_steps": total, "epoch": epoch, "row": row, "adam_t": opt.t,
             "history": history}, {"params": model.flat_params, "adam_m": opt.m, "adam_v": opt.v})
 
-    prog = Progress(total, start_step=step, stream=progress_stream, log_interval=cfg.log_interval)
+    prog = Progress(total, start_step=step, stream=progress_stream, log_interval=cfg.log_interval,
+                    quiet=not group.is_root, tty=False if group.size > 1 else None)
     t0 = time.perf_counter()
     stopped, loss, val = "done", float("nan"), None
     if history:
@@ -208,8 +270,14 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         while step < total:
             lr, wd = lr_wd_at(step, total, cfg)
             loss_sum, real = 0.0, 0
+            micro_rows = []
             for micro in range(cfg.grad_accum):
                 rows, epoch, row = stream.take(epoch, row, cfg.batch_size)
+                micro_rows.append(rows)
+            if group.size > 1:   # micro-batch m on rank m % N, gradients summed in order
+                loss_sum, real = group.accumulate(model, packed, micro_rows)
+                micro_rows = []
+            for micro, rows in enumerate(micro_rows):
                 b = packed.fill(rows)
                 loss_sum += model.forward(b.tokens, b.targets, mask=b.mask, weights=b.weights,
                                           segments=b.segments)
@@ -230,14 +298,15 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
             step += 1
             val = None
             if len(val_packed) and (step % cfg.val_interval == 0 or step == total):
-                val = evaluate(model, val_packed, cfg.batch_size)
+                val = evaluate(model, val_packed, cfg.batch_size, group)
             history.append([step, loss, val])
             prog.update(step, loss, val, lr, real, keep=val is not None)
             watched = val if len(val_packed) else loss
             if cfg.aim_loss is not None and watched is not None and watched <= cfg.aim_loss:
                 stopped = "aim-loss"
-            if flag.signame:
-                stopped = flag.signame
+            signame = group.agree_stop(flag.signame)
+            if signame:
+                stopped = signame
             if stopped != "done" or step % cfg.checkpoint_interval == 0 or step == total:
                 save()
             if stopped != "done":
@@ -245,7 +314,7 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
     seconds = time.perf_counter() - t0
     model.release_buffers()
     model_file = None
-    if stopped not in ("SIGINT", "SIGTERM"):
+    if stopped not in ("SIGINT", "SIGTERM") and group.is_root:
         model_file = export_model(
             model, out_dir / "model.poppins",
             tokenizer_json=(out_dir / "tokenizer.json").read_text(encoding="utf-8"),
@@ -259,6 +328,10 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         vals = [h[2] for h in history if h[2] is not None]
         prog.message(f"done     {step} steps in {fmt_duration(seconds)}; loss {loss:.4f}"
                      + (f", val {vals[-1]:.4f}" if vals else "") + f"; checkpoint {ckpt}")
+        if group.size > 1:
+            prog.message(f"mpi      {group.size} ranks; gradient exchange (and waiting for the "
+                         f"slowest rank) {group.comm_seconds / max(seconds, 1e-9):.1%} of the "
+                         f"time on rank 0")
         prog.message(f"model    {model_file} (ask it: python -m poppins infer -m {out_dir} "
                      f"-p \"...\")")
     last_val = next((h[2] for h in reversed(history) if h[2] is not None), None)
