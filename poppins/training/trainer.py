@@ -122,8 +122,8 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, context: int) -> ModelCo
 
 def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
           val_fraction: Optional[float] = None, max_xml_mb: float = 256, resume: bool = False,
-          overrides: Optional[Dict] = None, allow_outside_imports: bool = True, log: Optional[Callable[[str], None]] = print,
-          progress_stream=None) -> TrainResult:
+          overrides: Optional[Dict] = None, allow_outside_imports: bool = True,
+          log: Optional[Callable[[str], None]] = print, progress_stream=None) -> TrainResult:
     """Run the data stage, then train.  ``overrides`` are TrainConfig fields (the CLI flags).
     Under an MPI launcher every rank calls this (data-parallel; see training.distributed)."""
     overrides = TrainConfig.check_overrides(overrides)   # unknown keys, bad values: before any work
@@ -135,7 +135,7 @@ def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
 
     def setup():
         return _setup(train_xml, out_dir, seed, val_fraction, max_xml_mb, resume, overrides,
-                      log, group.size)
+                      log, group.size, allow_outside_imports)
 
     cfg, manifest, manifest_sha, ckpt_state = D.on_root(group, setup)
     if not group.is_root:   # the bins must be the ones rank 0 wrote (shared or copied folder)
@@ -155,7 +155,7 @@ def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
 
 
 def _setup(train_xml, out_dir: Path, seed, val_fraction, max_xml_mb, resume, overrides, log,
-           ranks: int):
+           ranks: int, allow_outside_imports: bool = True):
     """The data stage and the run's TrainConfig (and checkpoint when resuming)."""
     data = prepare_data(train_xml, out_dir, seed=seed, val_fraction=val_fraction,
                         max_xml_mb=max_xml_mb, log=log,
