@@ -227,7 +227,7 @@ KNOBS: Tuple[Knob, ...] = (
     _K("data-only", "bool", False, "stop after the data stage (tokenizer, corpus files and "
        "manifest)", scope="run", attr="data_only", flags=("--data-only",), flag_value=True),
     _K("resume", "bool", False, "continue from OUT_DIR/checkpoints/last.ckpt (refused if the "
-       "data changed)", scope="run", attr="resume", flags=("--resume",), flag_value=True),
+       "data or an option other than -t changed)", scope="run", attr="resume", flags=("--resume",), flag_value=True),
     # -- config: TrainConfig fields -----------------------------------------------------------
     _K("embedding-dim", "int", 128, "model width (embedding dimension); a multiple of heads",
        attr="dim", constant="embedding-dim", flags=("--dim",), lo=8, hi=1 << 16),

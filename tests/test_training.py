@@ -106,6 +106,16 @@ def test_resume_refuses_changed_data(tmp_path):
         train(CURRENT, tmp_path / "fresh", resume=True, overrides=TINY, log=None)
 
 
+def test_resume_refuses_changed_options_but_takes_threads(tmp_path):
+    train(CURRENT, tmp_path / "a", overrides=dict(TINY, steps=4), log=None,
+          progress_stream=open(os.devnull, "w"))
+    with pytest.raises(PoppinsError, match=r"cannot change steps 5 \(the checkpoint's run has 4\)"):
+        train(CURRENT, tmp_path / "a", resume=True, overrides=dict(TINY, steps=5), log=None)
+    r = train(CURRENT, tmp_path / "a", resume=True, overrides=dict(TINY, steps=4, threads=2),
+              log=None, progress_stream=open(os.devnull, "w"))
+    assert len(r.history) == 4
+
+
 def test_corrupt_checkpoint_is_refused(tmp_path):
     train(CURRENT, tmp_path / "a", overrides=dict(TINY, steps=4), log=None,
           progress_stream=open(os.devnull, "w"))

@@ -176,9 +176,20 @@ def _setup(train_xml, out_dir: Path, seed, val_fraction, max_xml_mb, resume, ove
             raise PoppinsError(
                 f"--resume: the data changed since {path} was written (train.xml, its imports, "
                 f"the seed or --val-fraction differ); train again without --resume")
+        saved = header["train_config"]
+        changed = []   # a resumed run continues the checkpoint's run exactly: only -t may differ
+        for name, value in (overrides or {}).items():
+            if name == "threads" or value is None:
+                continue
+            asked = value * ranks if name == "grad_accum" else value
+            if name in saved and saved[name] != asked:
+                changed.append(f"{name} {asked!r} (the checkpoint's run has {saved[name]!r})")
+        if changed:
+            raise PoppinsError(f"--resume continues the run of {path} exactly and cannot change "
+                               f"{'; '.join(changed)}; drop those options, or train again "
+                               f"without --resume")
         threads = (overrides or {}).get("threads")
-        cfg = TrainConfig.from_dict(dict(header["train_config"],
-                                         **({"threads": threads} if threads else {})))
+        cfg = TrainConfig.from_dict(dict(saved, **({"threads": threads} if threads else {})))
         if ranks > 1:   # memmaps of rank 0's file: sent to the other ranks as arrays
             arrays = {k: np.array(v) for k, v in arrays.items()}
         ckpt_state = (header, arrays)
