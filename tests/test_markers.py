@@ -2,8 +2,8 @@
 tests: ``pytest -m "not slow" tests`` is the quick run, plain ``pytest tests`` (``make test``,
 CI) runs everything.
 
-Long means minutes, or a C build: the default training run on the bootstrap example and the
-extension build without OpenMP.  The tiny trained models the engine, API and server tests
+Long means minutes, or a C build: the default training run on the bootstrap example, the
+extension build without OpenMP and the full-minute server soak.  The tiny trained models the engine, API and server tests
 share (about 10 s, once per process) are not marked: too many quick checks depend on them.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SLOW = {
     "tests/test_train_e2e.py::test_default_train_learns_the_bootstrap_answers",
     "tests/test_bpe_build.py::test_build_without_openmp",
+    "tests/test_server_http.py::test_64_streaming_clients_for_a_minute",
 }
 
 
