@@ -150,6 +150,8 @@ class Model:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        if not engine.cfg.quantize and engine.float_model is None:
+            engine.attach_float_forward(_float_forward(engine))
 
     @classmethod
     def load(cls, path=".poppins", threads: Optional[int] = None,
@@ -408,3 +410,20 @@ class Model:
         c = self.engine.cfg
         return (f"poppins.Model({str(self.engine.path)!r}, {c.attention}, dim={c.dim}, "
                 f"layers={c.layers}, context={c.context_length})")
+
+
+def _float_forward(engine: Engine):
+    """A float model's forward (``--float``: no ternary weights for the engine's kernels): the
+    training model with the model file's f32 weights, so answers equal the training forward's
+    (decisions: float models).  Imported here, not in the engine, which reads files only."""
+    import numpy as np
+
+    from .model import Model as TrainingModel
+
+    m = TrainingModel(engine.cfg, threads=engine.threads, init=False)
+    for name, p in m.params.items():
+        if name not in engine.file:
+            raise PoppinsError(f"corrupted model file: tensor {name!r} is missing",
+                               file=str(engine.path))
+        p[...] = np.asarray(engine.file[name], dtype=p.dtype)
+    return m

@@ -13,9 +13,10 @@ unit's (:mod:`poppins.engine.attention`: MHA/GQA cache rotated keys and values p
 MLA the normalized latent and the rotated shared key).
 
 A float model (trained with ``--float``: ``quantize=False``, no quantizers) has no ternary
-weights for the kernels; it runs through the training forward pass itself
-(poppins.model.Model, float32, no KV cache: every step recomputes the sequence), so it
-answers exactly as training's greedy oracle does.  It is slow, and meant for experiments.
+weights for the kernels; it runs through the training forward pass itself (no KV cache: every
+step recomputes the sequence), so it answers exactly as training's greedy oracle does.  The
+engine imports nothing from training: :class:`poppins.api.Model` attaches that forward
+(``Engine.attach_float_forward``).  It is slow, and meant for experiments.
 
 An Engine is read-only after loading: any number of sessions (threads) may use it at once.
 """
@@ -157,14 +158,8 @@ class Engine:
         #: a float model's forward (the training model with the file's weights), else None
         self.float_model = None
         self.plan = None
+        self._float_lock = threading.Lock()   # the float forward's buffers are shared
         if not cfg.quantize:
-            from ..model import Model as _TrainModel
-
-            fm = _TrainModel(cfg, threads=self.threads, init=False)
-            for name, p in fm.params.items():
-                p[...] = np.asarray(need(name), dtype=p.dtype)
-            self.float_model = fm
-            self._float_lock = threading.Lock()   # the training model's buffers are shared
             self.cos, self.sin = rope_tables(cfg.context_length, cfg.rope_width,
                                              cfg.rope_theta, np.float32)
             return
@@ -183,6 +178,13 @@ class Engine:
         #: the compiled decode step's view of the weights (None: Python per-token path)
         if not use_reference and ops.is_compiled() and hasattr(ops._mod(), "DecodePlan"):
             self.plan = ops._mod().DecodePlan(self, self.kernel)
+
+    def attach_float_forward(self, model) -> None:
+        """A float model's forward: ``model`` has ``last_logits(tokens [1, n]) -> [1, vocab]``
+        and ``release_buffers()`` (the training model with this file's weights)."""
+        if self.cfg.quantize:
+            raise PoppinsError("attach_float_forward: this is a ternary model")
+        self.float_model = model
 
     @classmethod
     def load(cls, path, threads: Optional[int] = None, verify: bool = True,
@@ -324,7 +326,11 @@ class Session:
                                f"{self.context} tokens")
         if toks.min() < 0 or toks.max() >= cfg.vocab_size:
             raise PoppinsError(f"token id out of range 0..{cfg.vocab_size - 1}")
-        if e.float_model is not None:
+        if not cfg.quantize:
+            if e.float_model is None:
+                raise PoppinsError("this is a float model (trained with --float): load it "
+                                   "with poppins.Model.load, which runs it through the "
+                                   "training forward pass", file=str(e.path))
             return self._float_forward(toks, all_logits)
         if n == 1 and not all_logits and self._step is not None:
             self._step.step(int(toks[0]), self.pos, self._logits[0], self.threads)
