@@ -37,7 +37,7 @@ for _lang in CODE_LANGS:
     _CODE_CLOSE[S[code_close(_lang)]] = _lang
 
 LB1, LB2 = S[LINE_BREAK], S[LINE_BREAK_2]
-from ..corpus.tokens import STOP_IDS  # noqa: E402  (the ids that end an answer: defined once)
+from ..corpus.tokens import STOP_IDS, source_id  # noqa: E402  (the layout: defined once)
 
 
 def _decode(data: bytes, final: bool) -> str:
@@ -120,7 +120,7 @@ class Renderer:
         if kind == "source":
             if not closed:
                 return ""
-            return source_text(_decode(bytes(data), True).strip(), self.sources)
+            return source_text(source_id(_decode(bytes(data), True)), self.sources)
         text = _decode(bytes(data), final or closed)
         if kind == "code":
             lang, inline, indent = info
