@@ -20,7 +20,8 @@ Sampling keywords (llama.cpp's meaning and defaults): ``temperature`` (or ``temp
 ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05, ``repeat_penalty`` 1.0, ``repeat_last_n`` 64,
 ``seed`` -1 (random); ``temperature=0`` is greedy.  Other keywords: ``system`` (None: the
 model's default system prompt, "" none; defined once in poppins.corpus.tokens.resolve_system),
-``max_tokens`` (-1: until the answer ends or the context is full), ``stop`` (strings that end the answer, not included), ``show_thoughts``,
+``max_tokens`` (-1: until the answer ends or the context is full), ``stop`` (strings that end
+the answer, not included), ``show_thoughts``,
 ``context`` (a shorter KV cache than the model's context length), ``logprobs`` (None: off;
 an int k >= 0: record each generated token's log-probability under the model's raw logits
 and its k likeliest alternatives, in :attr:`Completion.logprobs` and, while streaming,

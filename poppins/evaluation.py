@@ -81,7 +81,7 @@ MAX_PROBE_CHARS = 4_000
 _NEIGHBOURS = {}
 for _row in ("qwertyuiop", "asdfghjkl", "zxcvbnm"):
     for _i, _c in enumerate(_row):
-        _NEIGHBOURS[_c] = (_row[_i - 1] if _i else "") + (_row[_i + 1] if _i + 1 < len(_row) else "")
+        _NEIGHBOURS[_c] = _row[max(_i - 1, 0):_i] + _row[_i + 1:_i + 2]
 
 
 def surface_variant(prompt: str, family: str, rng: random.Random) -> str:
