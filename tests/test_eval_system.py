@@ -39,3 +39,26 @@ def test_system_layouts():
     assert full[:len(head_default)] == head_default
     assert full[len(head_default):] == [T.PROMPT, T.TEXT, 500 + ord("q") % 400, T.END_TEXT,
                                         T.END_PROMPT]
+
+
+def test_api_and_server_use_the_definition():
+    """infer (Model.encode_prompt), chat / serve (Model.encode_conversation with a client's
+    system message) lay the system message out as resolve_system says."""
+    from poppins.api import Model
+    from poppins.server import _messages
+    from test_engine import trained_dir
+
+    m = Model.load(trained_dir(), threads=1)
+    tok, default = m.tokenizer, m.default_system
+    assert default
+    q = "What is poppins?"
+    assert m.encode_prompt(q) == T.prompt_ids(tok, q, default)
+    assert m.encode_prompt(q, "") == T.prompt_ids(tok, q, None)
+    assert m.encode_prompt(q, "Be brief.") == T.prompt_ids(tok, q, "Be brief.")
+    user = {"role": "user", "content": q}
+    for system, want in ((None, default), ("", None), (" ", None),
+                         ("You are a helpful assistant.", "You are a helpful assistant.")):
+        body = {"messages": ([] if system is None else [{"role": "system", "content": system}])
+                + [user]}
+        ids = m.encode_conversation(_messages(body))
+        assert ids == T.prompt_ids(tok, q, want), system
