@@ -19,8 +19,9 @@ ones go token by token (the same tokens).
 Sampling keywords (llama.cpp's meaning and defaults): ``temperature`` (or ``temp``) 0.8,
 ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05, ``repeat_penalty`` 1.0, ``repeat_last_n`` 64,
 ``seed`` -1 (random); ``temperature=0`` is greedy.  Other keywords: ``system`` (None: the
-model's default system prompt, "" none), ``max_tokens`` (-1: until the answer ends or the
-context is full), ``stop`` (strings that end the answer, not included), ``show_thoughts``,
+model's default system prompt, "" none; defined once in poppins.corpus.tokens.resolve_system),
+``max_tokens`` (-1: until the answer ends or the context is full), ``stop`` (strings that end
+the answer, not included), ``show_thoughts``,
 ``context`` (a shorter KV cache than the model's context length), ``logprobs`` (None: off;
 an int k >= 0: record each generated token's log-probability under the model's raw logits
 and its k likeliest alternatives, in :attr:`Completion.logprobs` and, while streaming,
@@ -39,7 +40,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .corpus.tokens import STOP_IDS, prompt_ids, sample_head_ids, turn_ids
+from .corpus.tokens import STOP_IDS, prompt_ids, resolve_system, system_head_ids, turn_ids
 from .engine.render import Renderer
 from .engine.runtime import Engine
 from .engine.sampling import Sampler, SamplingParams, token_logprobs
@@ -153,6 +154,8 @@ class Model:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        if not engine.cfg.quantize and engine.float_model is None:
+            engine.attach_float_forward(_float_forward(engine))
 
     @classmethod
     def load(cls, path=".poppins", threads: Optional[int] = None,
@@ -169,8 +172,8 @@ class Model:
         return self.engine.default_system
 
     def encode_prompt(self, prompt: str, system: Optional[str] = None) -> List[int]:
-        sys_text = self.engine.default_system if system is None else system
-        return prompt_ids(self.tokenizer, prompt, sys_text)
+        return prompt_ids(self.tokenizer, prompt,
+                          resolve_system(system, self.engine.default_system))
 
     def encode_conversation(self, messages, system: Optional[str] = None,
                             budget: Optional[int] = None) -> List[int]:
@@ -199,8 +202,7 @@ class Model:
             raise PoppinsError("a system message may only come first")
         if not msgs or msgs[-1]["role"] != "user":
             raise PoppinsError("the last message must be the user's")
-        sys_text = self.engine.default_system if system is None else system
-        head = sample_head_ids(tok, sys_text)
+        head = system_head_ids(tok, system, self.engine.default_system)
         chunks = [turn_ids(tok, m["role"], m["content"], m.get("tokens")) for m in msgs]
         last, earlier = chunks[-1], chunks[:-1]
         if budget is not None:
@@ -423,3 +425,20 @@ class Model:
         c = self.engine.cfg
         return (f"poppins.Model({str(self.engine.path)!r}, {c.attention}, dim={c.dim}, "
                 f"layers={c.layers}, context={c.context_length})")
+
+
+def _float_forward(engine: Engine):
+    """A float model's forward (``--float``: no ternary weights for the engine's kernels): the
+    training model with the model file's f32 weights, so answers equal the training forward's
+    (decisions: float models).  Imported here, not in the engine, which reads files only."""
+    import numpy as np
+
+    from .model import Model as TrainingModel
+
+    m = TrainingModel(engine.cfg, threads=engine.threads, init=False)
+    for name, p in m.params.items():
+        if name not in engine.file:
+            raise PoppinsError(f"corrupted model file: tensor {name!r} is missing",
+                               file=str(engine.path))
+        p[...] = np.asarray(engine.file[name], dtype=p.dtype)
+    return m

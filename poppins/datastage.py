@@ -69,7 +69,8 @@ def _train_tokenizer(doc: TrainDoc, sset: SampleSet):
         return (c.value, c.loc) if c else (default, None)
 
     requested, _ = const("bpe-requested-tokens", [])
-    requested = list(dict.fromkeys(requested))          # duplicates dropped, order kept
+    # duplicates dropped, order kept; then one token per source id (T.source_token)
+    requested = list(dict.fromkeys(list(requested) + T.source_tokens(sset.train + sset.val)))
     vocab_size, loc = const("bpe-vocab-size", DEFAULT_VOCAB_SIZE)
     need = 125 + 256 + len(requested)
     if vocab_size < need:

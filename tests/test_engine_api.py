@@ -47,7 +47,10 @@ def test_render_items():
            S["<text>"], *enc("See"), S["</text>"], S["<source>"], *enc("docs"), S["</source>"],
            S["<source>"], *enc("other"), S["</source>"], S["</ai>"]]
     out = render(ids, {"docs": {"url": "https://example.org/d", "title": "D"}})
-    assert out == "Hello.\nTwo\n\nSee (source: https://example.org/d) (source: other)"
+    # "other" is not a source of the model: a reference it made up is never printed raw
+    assert out == "Hello.\nTwo\n\nSee (source: https://example.org/d)"
+    assert render([S["<ai>"], S["<source>"], *enc("so::lib::lib::lib::api"), S["</source>"],
+                   S["</ai>"]], {"so::lib::api": {"url": "https://x.org"}}) == ""
 
 
 def test_render_code_blocks():

@@ -13,7 +13,8 @@ the prompt a model continues (``prompt_ids``), a conversation replayed at infere
 answer (``STOP_IDS``) are all built from the part helpers below (``system_part``,
 ``prompt_part``, ``text_part``, ``answer_text_part``).
 
-where an item is ``<text>`` T ``</text>``, ``<source>`` ID ``</source>``, a line-break token, or a
+where an item is ``<text>`` T ``</text>``, ``<source>`` ID ``</source>`` (ID: the one token of
+``source_token``), a line-break token, or a
 code block whose opening tag keeps its inline/indent variant.  Tags are inserted as special-
 token ids here; text pieces are encoded with special-token matching off, so user text that
 contains ``<html>`` or ``</sample>`` never becomes a structural token (requested tokens are
@@ -73,13 +74,45 @@ def _turns(sample):
         yield t.prompt, t.thought, t.items
 
 
+#: A source reference is one token of its own: the source id between two U+FFFF, a
+#: requested token of the tokenizer (the data stage adds one per source id the samples use).
+#: U+FFFF is not allowed in XML, so no text of a train file can produce it, and a source id
+#: cannot collide with text (issue 12: in the early dialect the source id ``1`` was the digit 1).
+SOURCE_MARK = "\uffff"
+
+
+def source_token(sid: str) -> str:
+    """The requested-token text of source id ``sid``."""
+    return SOURCE_MARK + sid + SOURCE_MARK
+
+
+def source_id(text: str) -> str:
+    """The source id of a ``<source>`` item's decoded text (models made before the source
+    tokens held the bare id, which is returned as it is)."""
+    t = text.strip()
+    if len(t) >= 2 and t.startswith(SOURCE_MARK) and t.endswith(SOURCE_MARK):
+        return t[1:-1]
+    return t
+
+
+def source_tokens(samples: Iterable) -> List[str]:
+    """The source tokens (``source_token``) of every source id ``samples`` use, sorted."""
+    ids = {it.text for s in samples for _p, _t, items in _turns(s) for it in items
+           if it.kind == "source"}
+    return [source_token(i) for i in sorted(ids)]
+
+
+def _item_text(it) -> str:
+    return source_token(it.text) if it.kind == "source" else it.text
+
+
 def _pieces(sample) -> List[str]:
     out = [sample.system] if sample.system else []
     for prompt, thought, items in _turns(sample):
         out.append(prompt)
         if thought:
             out.append(thought)
-        out += [it.text for it in items if it.kind != "line-break"]
+        out += [_item_text(it) for it in items if it.kind != "line-break"]
     return out
 
 
@@ -144,7 +177,7 @@ def _stream(sample, enc: Dict[str, np.ndarray]) -> Tuple[List[np.ndarray], int]:
             if it.kind == "text":
                 parts += text_part(enc[it.text])
             elif it.kind == "source":
-                parts += [[SOURCE], enc[it.text], [END_SOURCE]]
+                parts += [[SOURCE], enc[source_token(it.text)], [END_SOURCE]]
             elif it.kind == "line-break":
                 parts.append([_S[LINE_BREAK if it.count == 1 else LINE_BREAK_2]])
             else:
@@ -165,6 +198,38 @@ def sample_head_ids(tokenizer, system: Optional[str] = None) -> List[int]:
     if system:
         parts += system_part(_encoder(tokenizer)(system))
     return _flat(parts)
+
+
+# ------------------------------------------------------------------ system messages, once
+#: What a caller's system message means as a token layout (issue 12; the CLI's ``--system``,
+#: the API's ``system=``, a client's ``{"role": "system"}`` message in ``serve``, ``eval`` and
+#: training's system-prompt variants all go through ``resolve_system``):
+#:
+#: * ``NO_SYSTEM`` (None, no system message at all): the model's default system prompt (the one
+#:   most training samples used, recorded in model.poppins), so a bare question is asked the
+#:   way most of the file was trained; a model without a default has no system part;
+#: * ``EMPTY_SYSTEM`` (``""``, an empty or whitespace-only system message): no ``<system>``
+#:   part at all (``<sample> <prompt> ...``);
+#: * any other text: ``<system> text </system>``, the text as given (not stripped).
+NO_SYSTEM: Optional[str] = None
+EMPTY_SYSTEM = ""
+
+
+def resolve_system(system: Optional[str], default: Optional[str]) -> Optional[str]:
+    """The system text that goes into the layout for a caller's ``system`` (see ``NO_SYSTEM``
+    and ``EMPTY_SYSTEM``), or None for no ``<system>`` part.  ``default``: the model's default
+    system prompt (None or "" when it has none)."""
+    if system is None:
+        return default or None
+    if not isinstance(system, str):
+        raise PoppinsError("a system message must be a str (\"\" for none) or None (the "
+                           "model's default)")
+    return system if system.strip() else None
+
+
+def system_head_ids(tokenizer, system: Optional[str], default: Optional[str]) -> List[int]:
+    """``sample_head_ids`` for a caller's ``system`` as ``resolve_system`` reads it."""
+    return sample_head_ids(tokenizer, resolve_system(system, default))
 
 
 def prompt_ids(tokenizer, prompt: str, system: Optional[str] = None) -> List[int]:

@@ -281,7 +281,11 @@ def check_model_config(mf: ModelFile):
                               f"tensor {name!r} (which the config implies) is missing")
         t = mf.tensors[name]
         ternary = isinstance(t, TernaryTensor)
-        if ternary != (kind == "bitlinear") or (kind == "scale" and t.dtype != np.float32) \
+        # a float model (quantize=False) keeps its BitLinear weights as f32
+        want_ternary = kind == "bitlinear" and cfg.quantize
+        if ternary != want_ternary \
+                or (kind == "bitlinear" and not ternary and t.dtype != np.float32) \
+                or (kind == "scale" and t.dtype != np.float32) \
                 or (kind == "norm" and t.dtype not in (np.float32, np.float16)):
             raise field_error(path, "model file", f"tensors ({name!r}).dtype",
                               f"{'ternary2' if ternary else t.dtype} is not valid for a "

@@ -37,7 +37,7 @@ for _lang in CODE_LANGS:
     _CODE_CLOSE[S[code_close(_lang)]] = _lang
 
 LB1, LB2 = S[LINE_BREAK], S[LINE_BREAK_2]
-from ..corpus.tokens import STOP_IDS  # noqa: E402  (the ids that end an answer: defined once)
+from ..corpus.tokens import STOP_IDS, source_id  # noqa: E402  (the layout: defined once)
 
 
 def _decode(data: bytes, final: bool) -> str:
@@ -59,11 +59,14 @@ def is_link(url: str) -> bool:
 def source_text(sid: str, sources: Mapping[str, Mapping]) -> str:
     """`` (source: URL)`` for an http(s) url; any other url (``javascript:``, ``file:``, ...)
     is kept as text: control characters dropped (no terminal escapes) and set in backticks,
-    so neither the chat page (which links only http(s)) nor a Markdown client links it."""
+    so neither the chat page (which links only http(s)) nor a Markdown client links it.
+    A reference the model file does not define (a malformed id the model made up, such as
+    ``so::lib::lib::lib::api``) or one without a url renders as nothing: a source id is never
+    printed raw (issue 12)."""
     info = sources.get(sid) if sources else None
     url = info.get("url") if isinstance(info, Mapping) else None
     if not url or not isinstance(url, str):
-        return f" (source: {_CONTROLS.sub('', str(sid))})"
+        return ""
     if is_link(url):
         return f" (source: {url})"
     return f" (source: `{_CONTROLS.sub('', url).replace('`', chr(39))}`)"
@@ -117,7 +120,7 @@ class Renderer:
         if kind == "source":
             if not closed:
                 return ""
-            return source_text(_decode(bytes(data), True).strip(), self.sources)
+            return source_text(source_id(_decode(bytes(data), True)), self.sources)
         text = _decode(bytes(data), final or closed)
         if kind == "code":
             lang, inline, indent = info

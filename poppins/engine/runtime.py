@@ -12,10 +12,17 @@ cache is float32; its layout, the attention weights and the attention step are t
 unit's (:mod:`poppins.engine.attention`: MHA/GQA cache rotated keys and values per kv head,
 MLA the normalized latent and the rotated shared key).
 
+A float model (trained with ``--float``: ``quantize=False``, no quantizers) has no ternary
+weights for the kernels; it runs through the training forward pass itself (no KV cache: every
+step recomputes the sequence), so it answers exactly as training's greedy oracle does.  The
+engine imports nothing from training: :class:`poppins.api.Model` attaches that forward
+(``Engine.attach_float_forward``).  It is slow, and meant for experiments.
+
 An Engine is read-only after loading: any number of sessions (threads) may use it at once.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -148,6 +155,14 @@ class Engine:
                            np.dtype(np.int8): "int8"}.get(self.head.dtype, str(self.head.dtype))
         self.final_norm = _f32(need("final_norm"))
         self.layers: List[_Layer] = []
+        #: a float model's forward (the training model with the file's weights), else None
+        self.float_model = None
+        self.plan = None
+        self._float_lock = threading.Lock()   # the float forward's buffers are shared
+        if not cfg.quantize:
+            self.cos, self.sin = rope_tables(cfg.context_length, cfg.rope_width,
+                                             cfg.rope_theta, np.float32)
+            return
         for i in range(cfg.layers):
             p = f"layers.{i}."
             L = _Layer()
@@ -161,9 +176,15 @@ class Engine:
         self.cos, self.sin = rope_tables(cfg.context_length, cfg.rope_width, cfg.rope_theta,
                                          np.float32)
         #: the compiled decode step's view of the weights (None: Python per-token path)
-        self.plan = None
         if not use_reference and ops.is_compiled() and hasattr(ops._mod(), "DecodePlan"):
             self.plan = ops._mod().DecodePlan(self, self.kernel)
+
+    def attach_float_forward(self, model) -> None:
+        """A float model's forward: ``model`` has ``last_logits(tokens [1, n]) -> [1, vocab]``
+        and ``release_buffers()`` (the training model with this file's weights)."""
+        if self.cfg.quantize:
+            raise PoppinsError("attach_float_forward: this is a ternary model")
+        self.float_model = model
 
     @classmethod
     def load(cls, path, threads: Optional[int] = None, verify: bool = True,
@@ -251,6 +272,7 @@ class Session:
         for name, arrays in self.cache.items():
             setattr(self, name, arrays)
         self._scratch: Dict[int, _Scratch] = {}
+        self._float_ids: Optional[np.ndarray] = None
         self._logits = np.empty((1, cfg.vocab_size), np.float32)
         #: the compiled per-token step (one token through every layer, GIL released), used
         #: for single-token forward() calls; None: the Python path (ops one by one)
@@ -304,6 +326,12 @@ class Session:
                                f"{self.context} tokens")
         if toks.min() < 0 or toks.max() >= cfg.vocab_size:
             raise PoppinsError(f"token id out of range 0..{cfg.vocab_size - 1}")
+        if not cfg.quantize:
+            if e.float_model is None:
+                raise PoppinsError("this is a float model (trained with --float): load it "
+                                   "with poppins.Model.load, which runs it through the "
+                                   "training forward pass", file=str(e.path))
+            return self._float_forward(toks, all_logits)
         if n == 1 and not all_logits and self._step is not None:
             self._step.step(int(toks[0]), self.pos, self._logits[0], self.threads)
             self.pos += 1
@@ -336,6 +364,23 @@ class Session:
             out = self._logits
         op["head_logits"](hf, e.head, e.head_scale, out, th)
         return out.copy() if all_logits else out[0].copy()
+
+    def _float_forward(self, toks: np.ndarray, all_logits: bool) -> np.ndarray:
+        """A float model: the training forward over every token so far (no KV cache)."""
+        if self.pos == 0 or self._float_ids is None:
+            self._float_ids = np.zeros(self.context, np.int32)
+        n = toks.shape[0]
+        self._float_ids[self.pos:self.pos + n] = toks
+        m = self.engine.float_model
+        rows = []
+        with self.engine._float_lock:
+            for end in (range(self.pos + 1, self.pos + n + 1) if all_logits
+                        else [self.pos + n]):
+                rows.append(np.asarray(m.last_logits(self._float_ids[None, :end])[0],
+                                       np.float32))
+            m.release_buffers()
+        self.pos += n
+        return np.stack(rows) if all_logits else rows[0].copy()
 
     def next_token(self, token: int, sampler, recent: np.ndarray, n_recent: int) -> int:
         """Feed ``token``, then sample the next one with ``sampler`` (a

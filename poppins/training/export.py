@@ -9,6 +9,10 @@ What is written (tensor names are the training model's parameter names):
 
 - every BitLinear weight as ``ternary2`` codes with its absmean scale, quantized by the very
   kernel the training forward uses (so the engine sees exactly the weights training saw);
+  a float model (``--float``, ``quantize=False``: no quantizers in its forward) keeps its
+  weights as ``f32`` and its embedding/head as ``f32`` whatever ``head_dtype`` asks, since
+  ternarizing them gave a different model (issue 12: ``TheTheThe...``); the engine runs such a
+  model through the training forward pass (poppins.engine.runtime);
 - the norm gains as ``f32``;
 - the embedding (also the output head when tied, the default) as ``f32``, ``f16`` or ``i8``
   (``head_dtype``); int8 rows are absmax-quantized per row (``q = rint(E * 127 / max|E_row|)``)
@@ -66,9 +70,12 @@ def model_tensors(model, head_dtype: str = "int8") -> Dict[str, Any]:
         raise PoppinsError(f"head_dtype must be one of {', '.join(HEAD_DTYPES)}, "
                            f"got {head_dtype!r}")
     out: Dict[str, Any] = {}
+    quantized = bool(model.cfg.quantize)
+    if not quantized:
+        head_dtype = "f32"   # a float model's embedding is used unquantized by its forward
     for name, _shape, kind in model.layout:
         p = model.params[name]
-        if kind == "bitlinear":
+        if kind == "bitlinear" and quantized:
             out[name] = ternarize(p)
         elif kind in ("embed", "head"):
             _dense(name, p, head_dtype, out)
@@ -82,6 +89,8 @@ def export_model(model, path, *, tokenizer_json: str, sources: Mapping[str, Any]
                  extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``model`` (a trained poppins.model.Model) to ``path`` atomically; returns it."""
     cfg = model.cfg.to_dict()
+    if not model.cfg.quantize:
+        head_dtype = "f32"
     ex = {"engine_format": ENGINE_FORMAT, "head_dtype": head_dtype,
           "trained_quantized": bool(model.cfg.quantize)}
     ex.update(dict(extra or {}))
