@@ -12,7 +12,7 @@ PIP = $(PYTHON) -m pip
 STAMP = build/.deps-installed
 DEMO_DIR ?= demo
 
-.PHONY: install build test bench demo clean test-arm info
+.PHONY: install build test bench demo clean test-arm info wheels test-wheels wheels-reproducible
 
 $(STAMP): pyproject.toml setup.py
 	$(PIP) install -q --disable-pip-version-check "setuptools>=77" wheel "Cython>=3" "numpy>=1.24"
@@ -40,6 +40,24 @@ info: build
 
 test-arm:
 	bash scripts/test_arm.sh
+
+# Wheels (issue 17): the sdist and manylinux wheels for x86_64 (host CPython) and, cross-compiled
+# with Debian's toolchains, aarch64 and armv7l for Raspberry Pi OS (cp311 bookworm, cp313 trixie).
+# WHEEL_TARGETS narrows them (scripts/build_wheels.py --help); the outputs land in dist/.
+WHEEL_TARGETS ?= x86_64,bookworm-arm64,bookworm-armhf,trixie-arm64,trixie-armhf
+wheels:
+	bash scripts/cross_tools.sh
+	$(PYTHON) scripts/build_wheels.py --targets $(WHEEL_TARGETS)
+
+# build everything twice (SOURCE_DATE_EPOCH) and compare the sha256 of every file
+wheels-reproducible:
+	bash scripts/cross_tools.sh
+	$(PYTHON) scripts/build_wheels.py --targets $(WHEEL_TARGETS) --check-reproducible
+
+# each wheel of dist/ in a clean environment of its architecture (qemu-user for ARM)
+test-wheels:
+	bash scripts/cross_tools.sh
+	$(PYTHON) scripts/test_wheels.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks $(DEMO_DIR)

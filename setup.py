@@ -137,9 +137,25 @@ def _isa_of(path: str) -> str | None:
     return None
 
 
-def _extensions() -> list[Extension]:
+def _numpy_include() -> str:
+    """Cross-compilation hook: the NumPy headers to compile against.
+
+    A native build uses the running NumPy's.  scripts/build_wheels.py cross-compiles for ARM
+    with the host Python (CC, LDSHARED and the target's sysconfig data: EXT_SUFFIX, platform,
+    Python headers) and points ``POPPINS_NUMPY_INCLUDE`` at the target architecture's NumPy
+    headers (their _numpyconfig.h holds the target's type sizes).  The SIMD probes need no hook:
+    they run with the configured (cross) compiler, and ``sysconfig.get_platform()`` follows
+    ``_PYTHON_HOST_PLATFORM`` for the 32-bit NEON flags.
+    """
+    inc = os.environ.get("POPPINS_NUMPY_INCLUDE", "").strip()
+    if inc:
+        return inc
     import numpy
 
+    return numpy.get_include()
+
+
+def _extensions() -> list[Extension]:
     only = {f.strip() for f in os.environ.get("POPPINS_ONLY", "").split(",") if f.strip()}
     exts = []
     for pyx in sorted(EXT_DIR.glob("*/_*.pyx")):
@@ -154,7 +170,7 @@ def _extensions() -> list[Extension]:
             name=f"poppins.{pyx.stem}",
             sources=[str(pyx.relative_to(ROOT))] + plain,
             include_dirs=[str(family.relative_to(ROOT)), str(COMMON_INCLUDE.relative_to(ROOT)),
-                          numpy.get_include()],
+                          _numpy_include()],
             depends=[str(p.relative_to(ROOT)) for p in family.glob("*.h")]
             + [str(p.relative_to(ROOT)) for p in COMMON_INCLUDE.glob("*.h")] + simd,
         )
