@@ -44,20 +44,24 @@ test-arm:
 # Wheels (issue 17): the sdist and manylinux wheels for x86_64 (host CPython) and, cross-compiled
 # with Debian's toolchains, aarch64 and armv7l for Raspberry Pi OS (cp311 bookworm, cp313 trixie).
 # WHEEL_TARGETS narrows them (scripts/build_wheels.py --help); the outputs land in dist/.
+# Reproducibility: the sdist and the REPRO_TARGETS wheel are built twice and their sha256
+# compared (make wheels-reproducible: every wheel twice).
 WHEEL_TARGETS ?= x86_64,bookworm-arm64,bookworm-armhf,trixie-arm64,trixie-armhf
+REPRO_TARGETS ?= bookworm-armhf
 wheels:
 	bash scripts/cross_tools.sh
-	$(PYTHON) scripts/build_wheels.py --targets $(WHEEL_TARGETS)
+	$(PYTHON) scripts/build_wheels.py --targets $(WHEEL_TARGETS) --check-reproducible $(REPRO_TARGETS)
 
 # build everything twice (SOURCE_DATE_EPOCH) and compare the sha256 of every file
 wheels-reproducible:
 	bash scripts/cross_tools.sh
 	$(PYTHON) scripts/build_wheels.py --targets $(WHEEL_TARGETS) --check-reproducible
 
-# each wheel of dist/ in a clean environment of its architecture (qemu-user for ARM)
+# each wheel of dist/ in a clean environment of its architecture (qemu-user for ARM);
+# TEST_WHEELS_ARGS=--quick: the tests on one emulated CPU per architecture (CI)
 test-wheels:
 	bash scripts/cross_tools.sh
-	$(PYTHON) scripts/test_wheels.py
+	$(PYTHON) scripts/test_wheels.py $(TEST_WHEELS_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks $(DEMO_DIR)

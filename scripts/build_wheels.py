@@ -104,8 +104,34 @@ def make_sdist(out: Path, env: dict) -> Path:
         env=env, stdout=subprocess.DEVNULL)
     (sdist,) = tmp.glob("poppins-*.tar.gz")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(sdist, out / sdist.name)
+    normalize_tar(sdist, out / sdist.name, int(env["SOURCE_DATE_EPOCH"]))
     return out / sdist.name
+
+
+def normalize_tar(src: Path, dest: Path, epoch: int) -> None:
+    """The sdist with reproducible bytes: setuptools writes PKG-INFO and SOURCES.txt with the
+    current time and gzip stamps the time too; here every member gets mtime SOURCE_DATE_EPOCH,
+    owner 0/0 and a fixed order, and the gzip header the same mtime."""
+    import gzip
+    import io
+
+    members = []
+    with tarfile.open(src) as tf:
+        for m in tf.getmembers():
+            data = tf.extractfile(m).read() if m.isfile() else None
+            members.append((m, data))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for m, data in sorted(members, key=lambda md: md[0].name):
+            m.mtime = epoch
+            m.uid = m.gid = 0
+            m.uname = m.gname = ""
+            m.mode = 0o755 if m.isdir() or m.mode & 0o111 else 0o644
+            m.pax_headers = {}
+            out.addfile(m, io.BytesIO(data) if data is not None else None)
+    with open(dest, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=epoch,
+                                              compresslevel=9) as gz:
+        gz.write(buf.getvalue())
 
 
 def unpack(sdist: Path, dest: Path) -> Path:
@@ -231,8 +257,9 @@ def main() -> int:
     ap.add_argument("--targets", default=",".join(ALL_TARGETS),
                     help=f"comma-separated, of {','.join(ALL_TARGETS)}")
     ap.add_argument("--out", default=str(ROOT / "dist"))
-    ap.add_argument("--check-reproducible", action="store_true",
-                    help="build a second time into build/wheels/again and compare sha256")
+    ap.add_argument("--check-reproducible", nargs="?", const="all", default=None,
+                    metavar="TARGETS", help="build the sdist and TARGETS (default: all of "
+                    "--targets) a second time into build/wheels/again and compare sha256")
     args = ap.parse_args()
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bad = [t for t in targets if t not in ALL_TARGETS]
@@ -243,13 +270,16 @@ def main() -> int:
     for p in made:
         print(f"{sha256(p)}  {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}")
     if args.check_reproducible:
-        log("second build, to compare bytes")
-        again = build_all(targets, WORK / "again")
-        diff = [(a.name, b.name) for a, b in zip(made, again) if sha256(a) != sha256(b)]
-        if diff or len(made) != len(again):
-            print(f"build_wheels: NOT reproducible: {diff}")
+        again_targets = targets if args.check_reproducible == "all" else \
+            [t.strip() for t in args.check_reproducible.split(",") if t.strip()]
+        log(f"second build of the sdist and {','.join(again_targets)}, to compare bytes")
+        again = build_all(again_targets, WORK / "again")
+        first = {p.name: sha256(p) for p in made}
+        diff = [p.name for p in again if first.get(p.name) != sha256(p)]
+        if diff:
+            print(f"build_wheels: NOT reproducible (sha256 differs): {diff}")
             return 1
-        log(f"reproducible: {len(made)} files, identical sha256 in both builds")
+        log(f"reproducible: {len(again)} files, identical sha256 in both builds")
     log(f"done in {time.time() - t0:.0f} s")
     return 0
 
