@@ -4,6 +4,8 @@
 #   make bench   speed against the named peers (pytest-benchmark; ratios in one run)
 #   make build   (re)build the compiled extensions in place (incremental)
 #   make clean   remove build outputs
+#   make wheels  sdist + manylinux wheels (x86_64; aarch64/armv7l cross-built) into dist/
+#   make test-wheels  each wheel on its architecture (ARM under qemu-user)
 # Knobs: PYTHON=python3.x, POPPINS_NO_OPENMP=1 (build without OpenMP),
 #        POPPINS_NO_EXT=1 (run on the pure-Python/NumPy references).
 

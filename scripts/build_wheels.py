@@ -229,9 +229,9 @@ def repair(whl: Path, out: Path, target: str, env: dict) -> Path:
     return fixed
 
 
-def build_all(targets: list[str], out: Path) -> list[Path]:
+def build_all(targets: list[str], out: Path, epoch: str) -> list[Path]:
     env = dict(os.environ)
-    env["SOURCE_DATE_EPOCH"] = source_date_epoch()
+    env["SOURCE_DATE_EPOCH"] = epoch
     env.pop("POPPINS_NO_EXT", None)
     out.mkdir(parents=True, exist_ok=True)
     for old in list(out.glob("poppins-*.whl")) + list(out.glob("poppins-*.tar.gz")):
@@ -266,14 +266,16 @@ def main() -> int:
     if bad:
         ap.error(f"unknown target(s) {bad}; known: {ALL_TARGETS}")
     t0 = time.time()
-    made = build_all(targets, Path(args.out))
+    epoch = source_date_epoch()
+    log(f"SOURCE_DATE_EPOCH={epoch}")
+    made = build_all(targets, Path(args.out), epoch)
     for p in made:
         print(f"{sha256(p)}  {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}")
     if args.check_reproducible:
         again_targets = targets if args.check_reproducible == "all" else \
             [t.strip() for t in args.check_reproducible.split(",") if t.strip()]
         log(f"second build of the sdist and {','.join(again_targets)}, to compare bytes")
-        again = build_all(again_targets, WORK / "again")
+        again = build_all(again_targets, WORK / "again", epoch)
         first = {p.name: sha256(p) for p in made}
         diff = [p.name for p in again if first.get(p.name) != sha256(p)]
         if diff:
