@@ -57,7 +57,9 @@ mapfile -t PKGS < <(apt-cache "${APT_OPTS[@]}" depends --recurse --no-recommends
 echo "arm_sysroot: apt-get download ${#PKGS[@]} packages" >&2
 (cd "$APTD/debs" && apt-get -qq "${APT_OPTS[@]}" download "${PKGS[@]}" >&2)
 for deb in "$APTD"/debs/*.deb; do dpkg-deb -x "$deb" "$SYS"; done
-# links that maintainer scripts (update-alternatives) would make
+# links that maintainer scripts would make: the merged-/usr links (trixie's packages ship
+# /usr/lib only; qemu looks for the loader at /lib/ld-linux-*.so) and update-alternatives'
+for d in lib bin sbin; do [ -e "$SYS/$d" ] || ln -s "usr/$d" "$SYS/$d"; done
 lib="$SYS/usr/lib/$TRIPLET"
 [ -e "$lib/libblas.so.3" ] || ln -sf blas/libblas.so.3 "$lib/libblas.so.3"
 [ -e "$lib/liblapack.so.3" ] || ln -sf lapack/liblapack.so.3 "$lib/liblapack.so.3"
