@@ -17,7 +17,8 @@ is importable there).  CPUs (each its own kernel path, checked in `poppins info`
 
 Checks per wheel and CPU: `python -m poppins info` (every extension compiled; the kernel path);
 greedy token ids of a model trained on x86 (by the x86 wheel, here) identical to the x86 AVX2
-ids; kernel and engine tests (tests/test_ternary.py, tests/test_engine.py from the sdist);
+ids; kernel, engine and model-file tests (tests/test_ternary.py, test_engine.py,
+test_modelfile.py from the sdist);
 on one CPU per ARM architecture `bootstrap` + `train --steps 20` + `infer` end to end.
 --quick keeps the first CPU of each architecture for the tests and the end-to-end run (the
 token ids are still compared on every CPU: that part is cheap).
@@ -197,11 +198,12 @@ def kernel_tests(env: Env, cpu: str, cpu_env: dict, tests_src: Path) -> None:
     # test_trained_greedy_answers_all_heads trains 120 steps (minutes under qemu): the greedy
     # ids of the x86-trained model and the end-to-end run cover that path here
     out = env.py(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5",
-                  "tests/test_ternary.py", "tests/test_engine.py", "--deselect",
+                  "tests/test_ternary.py", "tests/test_engine.py", "tests/test_modelfile.py",
+                  "--deselect",
                   "tests/test_engine.py::test_trained_greedy_answers_all_heads"], e,
                  timeout=TEST_TIMEOUT, cwd=d)
     tail = [ln for ln in out.splitlines() if ln.strip()][-1].strip("= ")
-    log(f"{env.name} {cpu}: tests/test_ternary.py tests/test_engine.py: {tail} "
+    log(f"{env.name} {cpu}: tests/test_{{ternary,engine,modelfile}}.py: {tail} "
         f"({time.time() - t0:.0f} s)")
 
 
