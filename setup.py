@@ -92,7 +92,7 @@ class PoppinsBuildExt(build_ext):
         self.openmp = (not _truthy("POPPINS_NO_OPENMP")) and self._try_compile(
             OPENMP_PROBE, ["-fopenmp"], link=True)
         self.isas = [isa for isa, src in ISA_PROBES.items()
-                     if not _truthy(f"POPPINS_NO_{isa.upper()}")
+                     if not _truthy(f"POPPINS_NO_{isa.upper()}") and _target_can(isa)
                      and self._try_compile(src, self._isa_flags(isa))]
         print(f"poppins build: openmp={'on' if self.openmp else 'off'} "
               f"simd={','.join(self.isas) or 'none'}")
@@ -135,6 +135,16 @@ def _isa_of(path: str) -> str | None:
         if stem.endswith("_" + isa):
             return isa
     return None
+
+
+def _target_can(isa: str) -> bool:
+    """Cross-compilation hook: False for a SIMD unit the target architecture never runs.
+    The dot-product units are AArch64-only (their files compile to nothing on 32-bit ARM),
+    yet a 32-bit ARM compiler accepts -march=armv8.2-a+dotprod: without this the armv7l
+    build would declare POPPINS_HAVE_NEONDOT for code that is not there."""
+    plat = sysconfig.get_platform()     # follows _PYTHON_HOST_PLATFORM when cross-compiling
+    arm32 = plat.startswith("linux-arm") and "aarch64" not in plat
+    return not (isa == "neondot" and arm32)
 
 
 def _numpy_include() -> str:
