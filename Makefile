@@ -7,6 +7,8 @@
 #   make fuzz    hostile-input fuzzing: FUZZ_CASES (default 100000) mutated model files,
 #                checkpoints, tokenizer.json, train.xml and memory DBs; each must work or
 #                give a PoppinsError naming the file, within 10 s (scripts/fuzz.py)
+#   make wheels  sdist + manylinux wheels (x86_64; aarch64/armv7l cross-built) into dist/
+#   make test-wheels  each wheel on its architecture (ARM under qemu-user)
 # Knobs: PYTHON=python3.x, POPPINS_NO_OPENMP=1 (build without OpenMP),
 #        POPPINS_NO_EXT=1 (run on the pure-Python/NumPy references).
 
@@ -15,7 +17,7 @@ PIP = $(PYTHON) -m pip
 STAMP = build/.deps-installed
 DEMO_DIR ?= demo
 
-.PHONY: install build test bench demo clean test-arm info fuzz
+.PHONY: install build test bench demo clean test-arm info fuzz wheels test-wheels wheels-reproducible
 
 $(STAMP): pyproject.toml setup.py
 	$(PIP) install -q --disable-pip-version-check "setuptools>=77" wheel "Cython>=3" "numpy>=1.24"
@@ -48,6 +50,28 @@ fuzz: build
 
 test-arm:
 	bash scripts/test_arm.sh
+
+# Wheels (issue 17): the sdist and manylinux wheels for x86_64 (host CPython) and, cross-compiled
+# with Debian's toolchains, aarch64 and armv7l for Raspberry Pi OS (cp311 bookworm, cp313 trixie).
+# WHEEL_TARGETS narrows them (scripts/build_wheels.py --help); the outputs land in dist/.
+# Reproducibility: the sdist and the REPRO_TARGETS wheel are built twice and their sha256
+# compared (make wheels-reproducible: every wheel twice).
+WHEEL_TARGETS ?= x86_64,bookworm-arm64,bookworm-armhf,trixie-arm64,trixie-armhf
+REPRO_TARGETS ?= bookworm-armhf
+wheels:
+	bash scripts/cross_tools.sh
+	$(PYTHON) scripts/build_wheels.py --targets $(WHEEL_TARGETS) --check-reproducible $(REPRO_TARGETS)
+
+# build everything twice (SOURCE_DATE_EPOCH) and compare the sha256 of every file
+wheels-reproducible:
+	bash scripts/cross_tools.sh
+	$(PYTHON) scripts/build_wheels.py --targets $(WHEEL_TARGETS) --check-reproducible
+
+# each wheel of dist/ in a clean environment of its architecture (qemu-user for ARM);
+# TEST_WHEELS_ARGS=--quick: the tests on one emulated CPU per architecture (CI)
+test-wheels:
+	bash scripts/cross_tools.sh
+	$(PYTHON) scripts/test_wheels.py $(TEST_WHEELS_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks $(DEMO_DIR)

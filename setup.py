@@ -101,7 +101,7 @@ class PoppinsBuildExt(build_ext):
         self.openmp = (not _truthy("POPPINS_NO_OPENMP")) and self._try_compile(
             OPENMP_PROBE, ["-fopenmp"], link=True)
         self.isas = [isa for isa, src in ISA_PROBES.items()
-                     if not _truthy(f"POPPINS_NO_{isa.upper()}")
+                     if not _truthy(f"POPPINS_NO_{isa.upper()}") and _target_can(isa)
                      and self._try_compile(src, self._isa_flags(_probe_flags(isa), isa))]
         print(f"poppins build: openmp={'on' if self.openmp else 'off'} "
               f"simd={','.join(self.isas) or 'none'}")
@@ -151,9 +151,35 @@ def _isa_of(path: str) -> str | None:
     return None
 
 
-def _extensions() -> list[Extension]:
+def _target_can(isa: str) -> bool:
+    """Cross-compilation hook: False for a SIMD unit the target architecture never runs.
+    The dot-product units are AArch64-only (their files compile to nothing on 32-bit ARM),
+    yet a 32-bit ARM compiler accepts -march=armv8.2-a+dotprod: without this the armv7l
+    build would declare POPPINS_HAVE_NEONDOT for code that is not there."""
+    plat = sysconfig.get_platform()     # follows _PYTHON_HOST_PLATFORM when cross-compiling
+    arm32 = plat.startswith("linux-arm") and "aarch64" not in plat
+    return not (isa == "neondot" and arm32)
+
+
+def _numpy_include() -> str:
+    """Cross-compilation hook: the NumPy headers to compile against.
+
+    A native build uses the running NumPy's.  scripts/build_wheels.py cross-compiles for ARM
+    with the host Python (CC, LDSHARED and the target's sysconfig data: EXT_SUFFIX, platform,
+    Python headers) and points ``POPPINS_NUMPY_INCLUDE`` at the target architecture's NumPy
+    headers (their _numpyconfig.h holds the target's type sizes).  The SIMD probes need no hook:
+    they run with the configured (cross) compiler, and ``sysconfig.get_platform()`` follows
+    ``_PYTHON_HOST_PLATFORM`` for the 32-bit NEON flags.
+    """
+    inc = os.environ.get("POPPINS_NUMPY_INCLUDE", "").strip()
+    if inc:
+        return inc
     import numpy
 
+    return numpy.get_include()
+
+
+def _extensions() -> list[Extension]:
     only = {f.strip() for f in os.environ.get("POPPINS_ONLY", "").split(",") if f.strip()}
     exts = []
     for pyx in sorted(EXT_DIR.glob("*/_*.pyx")):
@@ -168,7 +194,7 @@ def _extensions() -> list[Extension]:
             name=f"poppins.{pyx.stem}",
             sources=[str(pyx.relative_to(ROOT))] + plain,
             include_dirs=[str(family.relative_to(ROOT)), str(COMMON_INCLUDE.relative_to(ROOT)),
-                          numpy.get_include()],
+                          _numpy_include()],
             depends=[str(p.relative_to(ROOT)) for p in family.glob("*.h")]
             + [str(p.relative_to(ROOT)) for p in COMMON_INCLUDE.glob("*.h")] + simd
             + [str(ROOT / "poppins" / "_isa.py"), str(ROOT / "poppins" / "threads.py")],

@@ -96,4 +96,27 @@ def run(args) -> int:
                 print(f"| {name} | {size_mb:.2f} MiB | {params / 1e6:.2f} M | {t} | {test}{n} "
                       f"| {mean:.2f} ± {sd:.2f} |")
                 sys.stdout.flush()
+    print(infer_peak_rss(args.model, max(threads)))
     return 0
+
+
+def infer_peak_rss(model: str, threads: int) -> str:
+    """One line: the peak resident memory of ``poppins infer`` (8 greedy tokens) on ``model``,
+    measured in a fresh process (its own ru_maxrss through wait4), next to the file's size."""
+    import os
+    import subprocess
+
+    from ..engine.runtime import Engine
+
+    size_mb = Engine.load(model, threads=1, verify=False).path.stat().st_size / 2 ** 20
+    cmd = [sys.executable, "-m", "poppins", "infer", "-m", str(model), "-p", "Hello",
+           "--temp", "0", "-n", "8", "-t", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise PoppinsError(f"infer failed while measuring memory: "
+                           f"{stderr.decode(errors='replace').strip()[-300:]}")
+    return (f"peak RSS of `poppins infer` (8 tokens, {threads} threads): "
+            f"{usage.ru_maxrss / 1024:.0f} MiB (model file {size_mb:.1f} MiB)")
