@@ -118,6 +118,11 @@ def build_models(directory: str, size: str):
     own writers (engine.modelfile; export.gguf, arcee TQ2_0)."""
     from pathlib import Path
 
+    dim, layers, heads = MODEL_SIZES[size]
+    pp_path = Path(directory) / f"random-{size}.poppins"
+    gg_path = Path(directory) / f"random-{size}.gguf"
+    if pp_path.exists() and gg_path.exists():
+        return pp_path, gg_path
     from poppins.engine.modelfile import load_model_file, write_model_file
     from poppins.engine.packing import TernaryTensor, packed_row_bytes
     from poppins.export import Source
@@ -125,11 +130,6 @@ def build_models(directory: str, size: str):
     from poppins.model.config import ModelConfig
     from poppins.model.model import param_shapes
 
-    dim, layers, heads = MODEL_SIZES[size]
-    pp_path = Path(directory) / f"random-{size}.poppins"
-    gg_path = Path(directory) / f"random-{size}.gguf"
-    if pp_path.exists() and gg_path.exists():
-        return pp_path, gg_path
     cfg = ModelConfig(vocab_size=VOCAB, dim=dim, layers=layers, heads=heads,
                       context_length=PP + TG + 64)
     rng = np.random.default_rng(7)
