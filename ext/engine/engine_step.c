@@ -40,22 +40,49 @@ static const tern_c_api *g_tern = NULL;
  * at worst; with a free second core both threads stream weights.  Waiting (only for chunks
  * another thread is computing) spins briefly, then sleeps in the kernel (Linux futex on the
  * done counter; the thread finishing the last chunk of a phase wakes sleepers).
- * Chunk and phase indices run over the whole step (int; reset to 0 at each step). */
+ * Chunk and phase indices run over the whole step (reset at each step; < 2^24 chunks and
+ * 2^16 phases per step, checked in eng_decode_step). */
 #define SPIN_LIMIT 400
 
 typedef struct {
-    atomic_int claim;
+    _Atomic uint64_t claim;   /* (phase + 1) << 48 | next front chunk << 24 | end of the back */
     atomic_int done;
     atomic_int sleepers;
 } eng_work;
 
-/* the next unclaimed chunk below end, or -1 */
-static inline int work_claim(eng_work *W, int end)
+#define WORK_FIELD ((1ull << 24) - 1)
+
+/* The next unclaimed chunk of phase `ph` (chunks [p0, p1)), or -1.  Even threads take chunks
+ * from the front, odd ones from the back, so with two threads each streams one contiguous
+ * part of every matrix (as a static split would) until they meet. */
+static inline int work_claim(eng_work *W, int ph, int p0, int p1, int back)
 {
-    int c = atomic_load(&W->claim);
-    while (c < end)
-        if (atomic_compare_exchange_weak(&W->claim, &c, c + 1)) return c;
-    return -1;
+    const uint64_t tag = (uint64_t)(ph + 1) << 48;
+    uint64_t st = atomic_load(&W->claim);
+    for (;;) {
+        uint64_t sph = st >> 48;
+        uint64_t want;
+        if (sph < (uint64_t)(ph + 1)) {           /* first thread into the phase opens it */
+            want = tag | (uint64_t)p0 << 24 | (uint64_t)p1;
+            if (atomic_compare_exchange_weak(&W->claim, &st, want)) st = want;
+            continue;
+        }
+        if (sph > (uint64_t)(ph + 1)) return -1;  /* a later phase: all taken */
+        const int lo = (int)((st >> 24) & WORK_FIELD), hi = (int)(st & WORK_FIELD);
+        if (lo >= hi) return -1;
+        want = back ? (tag | (uint64_t)lo << 24 | (uint64_t)(hi - 1))
+                    : (tag | (uint64_t)(lo + 1) << 24 | (uint64_t)hi);
+        if (atomic_compare_exchange_weak(&W->claim, &st, want)) return back ? hi - 1 : lo;
+    }
+}
+
+/* 1 when phase ph may still have unclaimed chunks (worth preparing for) */
+static inline int work_open(eng_work *W, int ph)
+{
+    const uint64_t st = atomic_load(&W->claim);
+    const uint64_t sph = st >> 48;
+    return sph < (uint64_t)(ph + 1) ||
+           (sph == (uint64_t)(ph + 1) && ((st >> 24) & WORK_FIELD) < (st & WORK_FIELD));
 }
 
 static inline void work_done(eng_work *W, int end)
@@ -450,12 +477,12 @@ static const eng_attn_unit *attn_unit(const eng_model *M)
  * index within the phase); then wait until every chunk of the phase is done. */
 #define PHASE(n, prep, ...)                                                                \
     do {                                                                                   \
-        const int p0_ = base, p1_ = base + (int)(n);                                       \
+        const int p0_ = base, p1_ = base + (int)(n), ph_ = phase++;                        \
         base = p1_;                                                                        \
-        if (atomic_load(&W->claim) < p1_) {                                                \
+        if (p1_ > p0_ && work_open(W, ph_)) {                                              \
             prep;                                                                          \
             int c_;                                                                        \
-            while ((c_ = work_claim(W, p1_)) >= 0) {                                       \
+            while ((c_ = work_claim(W, ph_, p0_, p1_, tid & 1)) >= 0) {                    \
                 const int64_t ci = c_ - p0_;                                               \
                 (void)ci;                                                                  \
                 __VA_ARGS__;                                                               \
@@ -474,7 +501,7 @@ static void step_body(const eng_model *M, eng_session *S, int32_t token, int64_t
     const int kern = M->kernel;
     const float *cs = M->cos + pos * M->rot_half, *sn = M->sin + pos * M->rot_half;
     eng_work *W = &S->work;
-    int base = 0;
+    int base = 0, phase = 0;
     eng_tls *T = &S->tls[tid];
     const eng_attn_unit *A = attn_unit(M);
     PHASE(1, (void)0, embed_row(M, token, S->x));
@@ -547,6 +574,7 @@ int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t p
         return -1;
     int nt = poppins_threads(threads);
     if (tls_reserve(M, S, nt)) return -1;
+    if (M->layers * 8 + 2 >= (1 << 15)) return -1;  /* the claim word's phase field */
     atomic_store(&S->work.claim, 0);
     atomic_store(&S->work.done, 0);
     if (nt <= 1) {
