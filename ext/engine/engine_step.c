@@ -31,83 +31,42 @@
  * its C API table (set by poppins._engine at import from the capsule poppins._ternary._C_API). */
 static const tern_c_api *g_tern = NULL;
 
-/* Work sharing inside one step: the step is a fixed sequence of PHASES, each cut into CHUNKS
- * (row ranges of a ternary product, attention heads, vocabulary rows).  Threads claim chunks
- * from one shared counter (claim) and count finished ones (done); a phase may start once
- * every chunk of the one before is done, whoever did it.  So a thread never waits for another
- * to ARRIVE somewhere (a barrier does): a worker the OS has not scheduled yet (a busy second
- * core) simply finds the chunks taken and catches up, and the step runs as fast as one thread
- * at worst; with a free second core both threads stream weights.  Waiting (only for chunks
- * another thread is computing) spins briefly, then sleeps in the kernel (Linux futex on the
- * done counter; the thread finishing the last chunk of a phase wakes sleepers).
- * Chunk and phase indices run over the whole step (reset at each step; < 2^24 chunks and
- * 2^16 phases per step, checked in eng_decode_step). */
+/* A sense-reversing barrier for the threads of one step: spin briefly (on an idle machine
+ * the other thread is a few microseconds away), then sleep in the kernel (Linux futex; on a
+ * busy machine the thread we wait for needs the core).  OpenMP's own barrier sleeps at once
+ * under OMP_WAIT_POLICY=PASSIVE (what poppins sets), which costs a wake-up per barrier. */
+typedef struct {
+    atomic_int count;
+    atomic_int sense;
+    atomic_int sleepers;
+} eng_barrier;
+
 #define SPIN_LIMIT 400
 
-typedef struct {
-    _Atomic uint64_t claim;   /* (phase + 1) << 48 | next front chunk << 24 | end of the back */
-    atomic_int done;
-    atomic_int sleepers;
-} eng_work;
-
-#define WORK_FIELD ((1ull << 24) - 1)
-
-/* The next unclaimed chunk of phase `ph` (chunks [p0, p1)), or -1.  Even threads take chunks
- * from the front, odd ones from the back, so with two threads each streams one contiguous
- * part of every matrix (as a static split would) until they meet. */
-static inline int work_claim(eng_work *W, int ph, int p0, int p1, int back)
+static void barrier_wait(eng_barrier *b, int nt, int *local)
 {
-    const uint64_t tag = (uint64_t)(ph + 1) << 48;
-    uint64_t st = atomic_load(&W->claim);
-    for (;;) {
-        uint64_t sph = st >> 48;
-        uint64_t want;
-        if (sph < (uint64_t)(ph + 1)) {           /* first thread into the phase opens it */
-            want = tag | (uint64_t)p0 << 24 | (uint64_t)p1;
-            if (atomic_compare_exchange_weak(&W->claim, &st, want)) st = want;
-            continue;
-        }
-        if (sph > (uint64_t)(ph + 1)) return -1;  /* a later phase: all taken */
-        const int lo = (int)((st >> 24) & WORK_FIELD), hi = (int)(st & WORK_FIELD);
-        if (lo >= hi) return -1;
-        want = back ? (tag | (uint64_t)lo << 24 | (uint64_t)(hi - 1))
-                    : (tag | (uint64_t)(lo + 1) << 24 | (uint64_t)hi);
-        if (atomic_compare_exchange_weak(&W->claim, &st, want)) return back ? hi - 1 : lo;
-    }
-}
-
-/* 1 when phase ph may still have unclaimed chunks (worth preparing for) */
-static inline int work_open(eng_work *W, int ph)
-{
-    const uint64_t st = atomic_load(&W->claim);
-    const uint64_t sph = st >> 48;
-    return sph < (uint64_t)(ph + 1) ||
-           (sph == (uint64_t)(ph + 1) && ((st >> 24) & WORK_FIELD) < (st & WORK_FIELD));
-}
-
-static inline void work_done(eng_work *W, int end)
-{
-    if (atomic_fetch_add(&W->done, 1) + 1 == end && atomic_load(&W->sleepers) > 0) {
+    if (nt <= 1) return;
+    const int s = !*local;
+    *local = s;
+    if (atomic_fetch_add(&b->count, 1) == nt - 1) {
+        atomic_store(&b->count, 0);
+        atomic_store(&b->sense, s);
 #ifdef ENG_FUTEX
-        syscall(SYS_futex, (int *)&W->done, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+        if (atomic_load(&b->sleepers) > 0)
+            syscall(SYS_futex, (int *)&b->sense, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
 #endif
+        return;
     }
-}
-
-/* until every chunk below end is done */
-static void work_wait(eng_work *W, int end)
-{
     for (int spins = 0; spins < SPIN_LIMIT; spins++) {
-        if (atomic_load(&W->done) >= end) return;
+        if (atomic_load(&b->sense) == s) return;
         ENG_PAUSE();
     }
-    int d;
-    while ((d = atomic_load(&W->done)) < end) {
+    while (atomic_load(&b->sense) != s) {
 #ifdef ENG_FUTEX
-        atomic_fetch_add(&W->sleepers, 1);
-        /* sleeps only while done still holds d (no lost wake-up) */
-        syscall(SYS_futex, (int *)&W->done, FUTEX_WAIT_PRIVATE, d, NULL, NULL, 0);
-        atomic_fetch_sub(&W->sleepers, 1);
+        atomic_fetch_add(&b->sleepers, 1);
+        /* sleeps only while sense still holds the old value (no lost wake-up) */
+        syscall(SYS_futex, (int *)&b->sense, FUTEX_WAIT_PRIVATE, !s, NULL, NULL, 0);
+        atomic_fetch_sub(&b->sleepers, 1);
 #elif defined(__unix__) || defined(__APPLE__)
         sched_yield();
 #endif
@@ -115,7 +74,7 @@ static void work_wait(eng_work *W, int end)
 }
 
 struct eng_session {
-    eng_work work;
+    eng_barrier bar;
     float **ca, **cb;
     int64_t ctx;
     float *x, *h, *big, *o, *tmp, *scores, *u, *mix, *cq;
@@ -156,17 +115,12 @@ static int tls_reserve(const eng_model *M, eng_session *S, int nt)
     return 0;
 }
 
-/* An attention unit (one per enum eng_attention; see "attention units" below): the attention
- * of one layer as nphases phases of chunks (see "Work sharing" above). */
+/* An attention unit (one per enum eng_attention; see "attention units" below). */
+typedef void (*attn_step_fn)(const eng_model *M, eng_session *S, const eng_layer *L, float *ca,
+                             float *cb, eng_tls *T, int64_t pos, const float *cs, const float *sn,
+                             int tid, int nt, int *sense_p);
 typedef struct {
-    int nphases;
-    /* chunks of phase p (0 allowed) */
-    int64_t (*chunks)(const eng_model *M, const eng_layer *L, int p);
-    /* what each thread does once before taking chunks of phase p (its private activations) */
-    void (*prep)(const eng_model *M, eng_session *S, const eng_layer *L, eng_tls *T, int p);
-    /* chunk ci of phase p */
-    void (*chunk)(const eng_model *M, eng_session *S, const eng_layer *L, float *ca, float *cb,
-                  eng_tls *T, int64_t pos, const float *cs, const float *sn, int p, int64_t ci);
+    attn_step_fn step;
     int64_t (*wide_out)(const eng_model *M);  /* floats of the widest projection output */
     int64_t (*latent)(const eng_model *M);    /* per-head latent scratch (floats) */
 } eng_attn_unit;
@@ -278,27 +232,14 @@ static void embed_row(const eng_model *M, int32_t tok, float *out)
     }
 }
 
-/* ---------------------------------------------------------------- chunks of products */
-/* Rows of a ternary product per chunk: multiples of 16 rows, at least ~16 KiB of weights (so
- * claiming a chunk costs little next to streaming it). */
-static int64_t lin_rows(const eng_tern *w)
+/* ---------------------------------------------------------------- parallel pieces */
+/* This thread's share of out (= or +=) (W x) * scale / xs: contiguous rows, multiples of 16. */
+static void linear_part(const eng_tern *w, const int8_t *x, float xs, int32_t *acc, float *out,
+                        int accumulate, int kernel, int tid, int nt)
 {
-    int64_t per16 = 16 * (w->stride > 0 ? w->stride : 1);
-    int64_t n = (16384 + per16 - 1) / per16;
-    return 16 * (n > 0 ? n : 1);
-}
-
-static int64_t lin_chunks(const eng_tern *w)
-{
-    const int64_t rc = lin_rows(w);
-    return (w->m + rc - 1) / rc;
-}
-
-/* out[r0:r1] (= or +=) (W x)[r0:r1] * scale / xs; acc: int32 scratch indexed like out */
-static void linear_rows(const eng_tern *w, const int8_t *x, float xs, int32_t *acc, float *out,
-                        int accumulate, int kernel, int64_t r0, int64_t r1)
-{
-    if (r1 > w->m) r1 = w->m;
+    const int64_t chunks = (w->m + 15) / 16;
+    const int64_t a = chunks * tid / nt, b = chunks * (tid + 1) / nt;
+    const int64_t r0 = a * 16, r1 = b * 16 < w->m ? b * 16 : w->m;
     if (r0 >= r1) return;
     g_tern->matvec_padded(w->w + r0 * w->stride, w->stride, r1 - r0, w->k, x, acc + r0, kernel);
     const float f = w->scale / xs;
@@ -308,118 +249,82 @@ static void linear_rows(const eng_tern *w, const int8_t *x, float xs, int32_t *a
         for (int64_t r = r0; r < r1; r++) out[r] = (float)acc[r] * f;
 }
 
-/* chunk ci of a product (lin_chunks(w) chunks) */
-static void linear_chunk(const eng_tern *w, const int8_t *x, float xs, int32_t *acc, float *out,
-                         int accumulate, int kernel, int64_t ci)
-{
-    const int64_t rc = lin_rows(w);
-    linear_rows(w, x, xs, acc, out, accumulate, kernel, ci * rc, ci * rc + rc);
-}
-
-/* The thread's private normalized, quantized copy of the shared residual x. */
-static void norm_quant(const eng_model *M, eng_session *S, const float *g, eng_tls *T)
-{
-    rms_row(S->x, g, M->dim, M->eps, T->h);
-    quant_row(T->h, M->dim, T->q8, &T->qs);
-}
+/* BARRIER: every thread waits; ON_ONE(...): thread 0 runs the block, then a barrier;
+ * RANGE(lo, hi, n): this thread's contiguous share of [0, n). */
+#define BARRIER barrier_wait(&S->bar, nt, sense_p)
+#define ON_ONE(block) do { if (tid == 0) { block } BARRIER; } while (0)
+#define RANGE(lo, hi, n) const int64_t lo = (n) * tid / nt, hi = (n) * (tid + 1) / nt
 
 /* ---------------------------------------------------------------- attention units
- * One set of functions per attention type (enum eng_attention, engine_step.h): the attention
- * of one layer, from the normalized, quantized input (T->q8, T->qs, made before phase 0) to the
- * heads' outputs in S->o, filling the layer's caches at pos, as phases of chunks; and the
- * scratch sizes it needs.  attn_unit() is the one switch point: adding an attention type = one
- * more enum value, one more unit, one more case there (eng_attn_unit is declared above
- * eng_session_new, which sizes the scratch through it). */
+ * One function per attention type (enum eng_attention, engine_step.h): the step of one layer
+ * from the normalized, quantized input (T->q8, T->qs) to the heads' outputs in S->o, filling the
+ * layer's caches at pos; and the scratch sizes it needs.  attn_unit() is the one switch point:
+ * adding an attention type = one more enum value, one more unit, one more case there
+ * (eng_attn_unit is declared above eng_session_new, which sizes the scratch through it). */
 
-/* MHA / GQA.  Phase 0: the fused q|k|v projection one head (hd rows) per chunk, each chunk
- * rotating its query/key head and caching its key/value head at once; phase 1: one query head
- * per chunk (scores, softmax, values). */
-static int64_t attn_mha_chunks(const eng_model *M, const eng_layer *L, int p)
+/* MHA / GQA: one fused q|k|v projection, rotated keys and values cached per kv head. */
+static void attn_mha_step(const eng_model *M, eng_session *S, const eng_layer *L, float *ca,
+                          float *cb, eng_tls *T, int64_t pos, const float *cs, const float *sn,
+                          int tid, int nt, int *sense_p)
 {
-    (void)L;
-    return p == 0 ? M->heads + 2 * M->kv_heads : M->heads;
-}
-
-static void attn_mha_prep(const eng_model *M, eng_session *S, const eng_layer *L, eng_tls *T, int p)
-{
-    (void)M; (void)S; (void)L; (void)T; (void)p;
-}
-
-static void attn_mha_chunk(const eng_model *M, eng_session *S, const eng_layer *L, float *ca,
-                           float *cb, eng_tls *T, int64_t pos, const float *cs, const float *sn,
-                           int p, int64_t h)
-{
-    const int64_t H = M->heads, hd = M->head_dim, Hk = M->kv_heads;
-    if (p == 0) {
-        linear_rows(&L->wqkv, T->q8, T->qs, S->acc, S->big, 0, M->kernel, h * hd, (h + 1) * hd);
-        float *row = S->big + h * hd;
-        if (h < H + Hk) rope_row(row, cs, sn, M->rot_half, 1, hd, 0);
-        if (h >= H && h < H + Hk) memcpy(ca + pos * Hk * hd + (h - H) * hd, row, (size_t)hd * 4);
-        if (h >= H + Hk) memcpy(cb + pos * Hk * hd + (h - H - Hk) * hd, row, (size_t)hd * 4);
-        return;
-    }
-    const int64_t P = pos + 1, hk = h / (H / Hk);
+    const int64_t d = M->dim, H = M->heads, hd = M->head_dim, P = pos + 1;
+    const int kern = M->kernel;
+    RANGE(h0, h1, H);
+    (void)d;
+    const int64_t Hk = M->kv_heads, grp = H / Hk;
     const float scale = (float)(1.0 / sqrt((double)hd));
-    float *sc = S->scores + h * S->ctx;
-    const float *q = S->big + h * hd;
-    for (int64_t j = 0; j < P; j++)
-        sc[j] = eng_dot_f32(q, ca + j * Hk * hd + hk * hd, hd) * scale;
-    softmax_mix(sc, P, cb + hk * hd, Hk * hd, hd, S->o + h * hd);
+    linear_part(&L->wqkv, T->q8, T->qs, S->acc, S->big, 0, kern, tid, nt);
+    BARRIER;
+    {   /* rotate this thread's share of the query/key heads; cache its kv heads */
+        RANGE(r0, r1, H + Hk);
+        for (int64_t h = r0; h < r1; h++)
+            rope_row(S->big + h * hd, cs, sn, M->rot_half, 1, hd, 0);
+        for (int64_t h = (r0 > H ? r0 : H); h < r1; h++)
+            memcpy(ca + pos * Hk * hd + (h - H) * hd, S->big + h * hd, (size_t)hd * 4);
+        RANGE(v0, v1, Hk);
+        if (v1 > v0)
+            memcpy(cb + pos * Hk * hd + v0 * hd, S->big + (H + Hk + v0) * hd,
+                   (size_t)((v1 - v0) * hd) * 4);
+    }
+    BARRIER;
+    for (int64_t h = h0; h < h1; h++) {
+        const int64_t hk = h / grp;
+        float *sc = S->scores + h * S->ctx;
+        const float *q = S->big + h * hd;
+        for (int64_t j = 0; j < P; j++)
+            sc[j] = eng_dot_f32(q, ca + j * Hk * hd + hk * hd, hd) * scale;
+        softmax_mix(sc, P, cb + hk * hd, Hk * hd, hd, S->o + h * hd);
+    }
 }
 
 static int64_t attn_mha_wide_out(const eng_model *M) { return (M->heads + 2 * M->kv_heads) * M->head_dim; }
 static int64_t attn_mha_latent(const eng_model *M) { (void)M; return 0; }
 
 /* MLA: latent cache (normalized, quantized-dequantized) + shared rotary key, with the key/value
- * up-projection absorbed into the query and the output.  Phase 0: the query (or its low-rank
- * down-projection) and the kv down-projection; phase 1: the query up-projection (qlat > 0;
- * each thread normalizes/quantizes the query latent itself); phase 2 (one chunk): the latent
- * and rotary key into the caches, rotary queries; phase 3: one head per chunk. */
-#define MLA_ACC_KV(M) ((M)->heads * ((M)->head_dim + (M)->rope))
-#define MLA_ACC_QA(M) (MLA_ACC_KV(M) + (M)->kvl + (M)->rope)
-
-static int64_t attn_mla_chunks(const eng_model *M, const eng_layer *L, int p)
-{
-    switch (p) {
-    case 0: return lin_chunks(M->qlat ? &L->wq_a : &L->wq) + lin_chunks(&L->wkv_a);
-    case 1: return M->qlat ? lin_chunks(&L->wq_b) : 0;
-    case 2: return 1;
-    default: return M->heads;
-    }
-}
-
-static void attn_mla_prep(const eng_model *M, eng_session *S, const eng_layer *L, eng_tls *T, int p)
-{
-    if (p == 1 && M->qlat) {
-        rms_row(S->cq, L->q_norm, M->qlat, M->eps, T->u);
-        quant_row(T->u, M->qlat, T->c8, &T->cs);
-    }
-}
-
-static void attn_mla_chunk(const eng_model *M, eng_session *S, const eng_layer *L, float *ca,
-                           float *cb, eng_tls *T, int64_t pos, const float *cs, const float *sn,
-                           int p, int64_t ci)
+ * up-projection absorbed into the query and the output. */
+static void attn_mla_step(const eng_model *M, eng_session *S, const eng_layer *L, float *ca,
+                          float *cb, eng_tls *T, int64_t pos, const float *cs, const float *sn,
+                          int tid, int nt, int *sense_p)
 {
     const int64_t d = M->dim, H = M->heads, hd = M->head_dim, P = pos + 1;
-    const int64_t r = M->rope, kvl = M->kvl, w = hd + r;
     const int kern = M->kernel;
+    RANGE(h0, h1, H);
+    (void)d;
+    const int64_t r = M->rope, kvl = M->kvl, w = hd + r;
+    const float scale = (float)(1.0 / sqrt((double)(hd + r)));
     float *qf = S->big, *kva = S->big + H * w;
-    if (p == 0) {
-        const eng_tern *wq = M->qlat ? &L->wq_a : &L->wq;
-        const int64_t nq = lin_chunks(wq);
-        if (ci < nq) {
-            if (M->qlat) linear_chunk(wq, T->q8, T->qs, S->acc + MLA_ACC_QA(M), S->cq, 0, kern, ci);
-            else linear_chunk(wq, T->q8, T->qs, S->acc, qf, 0, kern, ci);
-        } else {
-            linear_chunk(&L->wkv_a, T->q8, T->qs, S->acc + MLA_ACC_KV(M), kva, 0, kern, ci - nq);
-        }
-        return;
+    if (M->qlat) {
+        linear_part(&L->wq_a, T->q8, T->qs, S->acc, S->cq, 0, kern, tid, nt);
+        BARRIER;
+        rms_row(S->cq, L->q_norm, M->qlat, M->eps, T->u);
+        quant_row(T->u, M->qlat, T->c8, &T->cs);
+        linear_part(&L->wq_b, T->c8, T->cs, S->acc, qf, 0, kern, tid, nt);
+    } else {
+        linear_part(&L->wq, T->q8, T->qs, S->acc, qf, 0, kern, tid, nt);
     }
-    if (p == 1) {
-        linear_chunk(&L->wq_b, T->c8, T->cs, S->acc, qf, 0, kern, ci);
-        return;
-    }
-    if (p == 2) {
+    linear_part(&L->wkv_a, T->q8, T->qs, S->acc + H * w, kva, 0, kern, tid, nt);
+    BARRIER;
+    ON_ONE({
         float ls;
         float *lat = kvl <= d ? S->tmp : S->mix;
         rms_row(kva, L->kv_norm, kvl, M->eps, lat);
@@ -429,26 +334,27 @@ static void attn_mla_chunk(const eng_model *M, eng_session *S, const eng_layer *
         rope_row(qf, cs, sn, M->rot_half, H, w, hd);
         rope_row(kva, cs, sn, M->rot_half, 1, kvl + r, kvl);
         memcpy(cb + pos * r, kva + kvl, (size_t)r * 4);
-        return;
+    });
+    for (int64_t h = h0; h < h1; h++) {
+        float *sc = S->scores + h * S->ctx;
+        float *u = S->u + h * kvl, *m = S->mix + h * kvl;
+        const float *qn = qf + h * w;
+        const float ws = L->wkv_b_scale;
+        for (int64_t c = 0; c < kvl; c++) u[c] = 0.0f;
+        for (int64_t i = 0; i < hd; i++) {
+            const float a = qn[i];
+            const float *wr = L->wkv_b + (h * hd + i) * kvl;
+            for (int64_t c = 0; c < kvl; c++) u[c] = u[c] + a * wr[c];
+        }
+        for (int64_t c = 0; c < kvl; c++) u[c] = u[c] * ws;
+        for (int64_t j = 0; j < P; j++)
+            sc[j] = (eng_dot_f32(u, ca + j * kvl, kvl) +
+                     eng_dot_f32(qn + hd, cb + j * r, r)) * scale;
+        softmax_mix(sc, P, ca, kvl, kvl, m);
+        for (int64_t i = 0; i < hd; i++)
+            S->o[h * hd + i] =
+                eng_dot_f32(L->wkv_b + ((H + h) * hd + i) * kvl, m, kvl) * ws;
     }
-    const int64_t h = ci;
-    const float scale = (float)(1.0 / sqrt((double)(hd + r)));
-    float *sc = S->scores + h * S->ctx;
-    float *u = S->u + h * kvl, *m = S->mix + h * kvl;
-    const float *qn = qf + h * w;
-    const float ws = L->wkv_b_scale;
-    for (int64_t c = 0; c < kvl; c++) u[c] = 0.0f;
-    for (int64_t i = 0; i < hd; i++) {
-        const float a = qn[i];
-        const float *wr = L->wkv_b + (h * hd + i) * kvl;
-        for (int64_t c = 0; c < kvl; c++) u[c] = u[c] + a * wr[c];
-    }
-    for (int64_t c = 0; c < kvl; c++) u[c] = u[c] * ws;
-    for (int64_t j = 0; j < P; j++)
-        sc[j] = (eng_dot_f32(u, ca + j * kvl, kvl) + eng_dot_f32(qn + hd, cb + j * r, r)) * scale;
-    softmax_mix(sc, P, ca, kvl, kvl, m);
-    for (int64_t i = 0; i < hd; i++)
-        S->o[h * hd + i] = eng_dot_f32(L->wkv_b + ((H + h) * hd + i) * kvl, m, kvl) * ws;
 }
 
 static int64_t attn_mla_wide_out(const eng_model *M)
@@ -457,10 +363,8 @@ static int64_t attn_mla_wide_out(const eng_model *M)
 }
 static int64_t attn_mla_latent(const eng_model *M) { return M->kvl; }
 
-static const eng_attn_unit ATTN_MHA = {2, attn_mha_chunks, attn_mha_prep, attn_mha_chunk,
-                                       attn_mha_wide_out, attn_mha_latent};
-static const eng_attn_unit ATTN_MLA = {4, attn_mla_chunks, attn_mla_prep, attn_mla_chunk,
-                                       attn_mla_wide_out, attn_mla_latent};
+static const eng_attn_unit ATTN_MHA = {attn_mha_step, attn_mha_wide_out, attn_mha_latent};
+static const eng_attn_unit ATTN_MLA = {attn_mla_step, attn_mla_wide_out, attn_mla_latent};
 
 /* THE switch over attention types (NULL for an unknown one). */
 static const eng_attn_unit *attn_unit(const eng_model *M)
@@ -472,74 +376,48 @@ static const eng_attn_unit *attn_unit(const eng_model *M)
     }
 }
 
-/* PHASE(n, prep, body): the next phase of the step, n chunks: unless every chunk is already
- * claimed, run `prep` once, then `body` for each chunk this thread claims (ci: the chunk's
- * index within the phase); then wait until every chunk of the phase is done. */
-#define PHASE(n, prep, ...)                                                                \
-    do {                                                                                   \
-        const int p0_ = base, p1_ = base + (int)(n), ph_ = phase++;                        \
-        base = p1_;                                                                        \
-        if (p1_ > p0_ && work_open(W, ph_)) {                                              \
-            prep;                                                                          \
-            int c_;                                                                        \
-            while ((c_ = work_claim(W, ph_, p0_, p1_, tid & 1)) >= 0) {                    \
-                const int64_t ci = c_ - p0_;                                               \
-                (void)ci;                                                                  \
-                __VA_ARGS__;                                                               \
-                work_done(W, p1_);                                                         \
-            }                                                                              \
-        }                                                                                  \
-        work_wait(W, p1_);                                                                 \
-    } while (0)
-
-#define HEAD_ROWS 256   /* vocabulary rows of the output head per chunk */
-
 static void step_body(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
-                      float *logits, int tid)
+                      float *logits, int tid, int nt)
 {
     const int64_t d = M->dim, H = M->heads, hd = M->head_dim, F = M->hidden;
     const int kern = M->kernel;
     const float *cs = M->cos + pos * M->rot_half, *sn = M->sin + pos * M->rot_half;
-    eng_work *W = &S->work;
-    int base = 0, phase = 0;
+    int sense = atomic_load(&S->bar.sense), *sense_p = &sense;
     eng_tls *T = &S->tls[tid];
     const eng_attn_unit *A = attn_unit(M);
-    PHASE(1, (void)0, embed_row(M, token, S->x));
+    ON_ONE({ embed_row(M, token, S->x); });
     for (int64_t l = 0; l < M->layers; l++) {
         const eng_layer *L = &M->L[l];
         float *ca = S->ca[l], *cb = S->cb[l];
-        for (int p = 0; p < A->nphases; p++) {
-            if (p == 0)
-                PHASE(A->chunks(M, L, p), { norm_quant(M, S, L->attn_norm, T); A->prep(M, S, L, T, p); },
-                      A->chunk(M, S, L, ca, cb, T, pos, cs, sn, p, ci));
-            else
-                PHASE(A->chunks(M, L, p), A->prep(M, S, L, T, p),
-                      A->chunk(M, S, L, ca, cb, T, pos, cs, sn, p, ci));
+        rms_row(S->x, L->attn_norm, d, M->eps, T->h);
+        quant_row(T->h, d, T->q8, &T->qs);
+        A->step(M, S, L, ca, cb, T, pos, cs, sn, tid, nt, sense_p);
+        BARRIER;
+        quant_row(S->o, H * hd, T->q8, &T->qs);
+        linear_part(&L->wo, T->q8, T->qs, S->acc, S->x, 1, kern, tid, nt);
+        BARRIER;
+        rms_row(S->x, L->ffn_norm, d, M->eps, T->h);
+        quant_row(T->h, d, T->q8, &T->qs);
+        linear_part(&L->w_up, T->q8, T->qs, S->acc, S->big, 0, kern, tid, nt);
+        BARRIER;
+        for (int64_t k = 0; k < F; k++) {
+            float v = S->big[k] < 0.0f ? 0.0f : S->big[k];
+            T->u[k] = v * v;
         }
-        PHASE(lin_chunks(&L->wo), quant_row(S->o, H * hd, T->q8, &T->qs),
-              linear_chunk(&L->wo, T->q8, T->qs, S->acc, S->x, 1, kern, ci));
-        PHASE(lin_chunks(&L->w_up), norm_quant(M, S, L->ffn_norm, T),
-              linear_chunk(&L->w_up, T->q8, T->qs, S->acc, S->big, 0, kern, ci));
-        PHASE(lin_chunks(&L->w_down), {
-                  for (int64_t k = 0; k < F; k++) {
-                      float v = S->big[k] < 0.0f ? 0.0f : S->big[k];
-                      T->u[k] = v * v;
-                  }
-                  quant_row(T->u, F, T->q8, &T->qs);
-              },
-              linear_chunk(&L->w_down, T->q8, T->qs, S->acc, S->x, 1, kern, ci));
+        quant_row(T->u, F, T->q8, &T->qs);
+        linear_part(&L->w_down, T->q8, T->qs, S->acc, S->x, 1, kern, tid, nt);
+        BARRIER;
     }
-    PHASE((M->vocab + HEAD_ROWS - 1) / HEAD_ROWS, rms_row(S->x, M->final_norm, d, M->eps, T->h), {
-        const int64_t v1 = ci * HEAD_ROWS + HEAD_ROWS < M->vocab ? ci * HEAD_ROWS + HEAD_ROWS : M->vocab;
-        for (int64_t v = ci * HEAD_ROWS; v < v1; v++) {
-            if (M->head_kind == 0)
-                logits[v] = eng_dot_f32((const float *)M->head + v * d, T->h, d);
-            else if (M->head_kind == 1)
-                logits[v] = eng_dot_f16((const uint16_t *)M->head + v * d, T->h, d);
-            else
-                logits[v] = eng_dot_i8((const int8_t *)M->head + v * d, T->h, d) * M->head_scale[v];
-        }
-    });
+    rms_row(S->x, M->final_norm, d, M->eps, T->h);
+    RANGE(v0, v1, M->vocab);
+    for (int64_t v = v0; v < v1; v++) {
+        if (M->head_kind == 0)
+            logits[v] = eng_dot_f32((const float *)M->head + v * d, T->h, d);
+        else if (M->head_kind == 1)
+            logits[v] = eng_dot_f16((const uint16_t *)M->head + v * d, T->h, d);
+        else
+            logits[v] = eng_dot_i8((const int8_t *)M->head + v * d, T->h, d) * M->head_scale[v];
+    }
 }
 
 int eng_set_ternary(const void *api)
@@ -574,18 +452,15 @@ int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t p
         return -1;
     int nt = poppins_threads(threads);
     if (tls_reserve(M, S, nt)) return -1;
-    if (M->layers * 8 + 2 >= (1 << 15)) return -1;  /* the claim word's phase field */
-    atomic_store(&S->work.claim, 0);
-    atomic_store(&S->work.done, 0);
     if (nt <= 1) {
-        step_body(M, S, token, pos, logits, 0);
+        step_body(M, S, token, pos, logits, 0, 1);
         return 0;
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
-    step_body(M, S, token, pos, logits, omp_get_thread_num());
+    step_body(M, S, token, pos, logits, omp_get_thread_num(), omp_get_num_threads());
 #else
-    step_body(M, S, token, pos, logits, 0);
+    step_body(M, S, token, pos, logits, 0, 1);
 #endif
     return 0;
 }

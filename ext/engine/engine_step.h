@@ -6,12 +6,11 @@
  * exact int32 ternary sums times w_scale / s, RMSNorm with the mean of squares in float64,
  * half-split RoPE, softmax attention over the cache (MLA: latent cache, absorbed up-projection).
  *
- * Threads: with threads > 1 the whole step is ONE OpenMP parallel region, run as a fixed
- * sequence of phases cut into chunks (rows of each ternary product, one attention head, vocab
- * rows of the head) that threads claim from a shared counter; a phase starts when every chunk
- * of the previous one is done, whoever did it, so a thread that is not scheduled (busy core)
- * never holds the others up at a barrier.  Each thread normalizes/quantizes the shared
- * residual itself before taking chunks of a product (no extra synchronization point).
+ * Threads: with threads > 1 the whole step is ONE OpenMP parallel region (its own barriers:
+ * spin briefly, then yield); every ternary
+ * product is split into contiguous row ranges (multiples of 16 rows, one per thread, each
+ * thread dequantizing its own rows), attention is split over heads and the head over vocab
+ * rows; the small element-wise stages run on one thread between barriers.
  */
 #ifndef POPPINS_ENGINE_STEP_H
 #define POPPINS_ENGINE_STEP_H
