@@ -113,6 +113,14 @@ def config(special_tokens: List[str], requested_tokens: List[str]) -> dict:
                         "sample_open": "<sample>", "sample_close": "</sample>",
                         "answer_close": "</ai>"}},
     })
+    return with_chat_template(cfg)
+
+
+def with_chat_template(cfg: dict, default_system: Optional[str] = None) -> dict:
+    """``cfg`` with the ``chat_template`` of our conversation layout (poppins.export.template;
+    ``default_system``: the model's default system prompt, used when no system message)."""
+    from ..export.template import chat_template   # function-level: export imports this module
+    cfg["chat_template"] = chat_template(default_system)
     return cfg
 
 
