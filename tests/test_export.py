@@ -33,8 +33,8 @@ MAX_NEW = 48
 TRAINED = {
     "example": dict(dim=64, layers=2, heads=4, steps=150, batch_size=8, lr=1.5e-2,
                     warmup_steps=20),
-    "d256": dict(dim=256, layers=2, heads=4, steps=120, batch_size=8, lr=1.5e-2,
-                 warmup_steps=20),
+    "d256": dict(dim=256, layers=1, heads=4, steps=80, batch_size=4, lr=1.5e-2,
+                 warmup_steps=10),
 }
 
 

@@ -18,9 +18,6 @@ pytest.importorskip("safetensors")
 
 from test_export import MAX_NEW, trained  # noqa: E402
 
-#: each module trains the two models once (about a minute on a quiet 2-core machine)
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module", params=["example", "d256"])
 def exported(request, tmp_path_factory):

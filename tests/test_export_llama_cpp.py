@@ -28,9 +28,6 @@ pytest.importorskip("gguf")
 
 from test_export import MAX_NEW, trained  # noqa: E402
 
-#: each module trains the two models once (about a minute on a quiet 2-core machine)
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "llama_cpp.sh"
 VARIANT = os.environ.get("POPPINS_LLAMA_CPP_VARIANT", "native")
