@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from poppins.corpus import tokens as T
+from poppins.special_tokens import SPECIAL_TOKENS
 from poppins.export.compare import agreement, describe, poppins_greedy, training_prompts
 
 pytest.importorskip("gguf")
@@ -151,7 +152,7 @@ def test_vendored_arcee_facts(llama_bin):
 def test_tokenizer_gives_our_ids(server):
     from poppins.tokenizer import Tokenizer
     name, out, url = server
-    tok = Tokenizer.load(out)
+    tok = Tokenizer.from_file(out)
     for text in TEXTS:
         ours = tok.encode(text, special=False).tolist()
         r = _post(url + "/tokenize", {"content": text, "add_special": False,
@@ -191,15 +192,14 @@ def test_chat_endpoint_uses_the_embedded_template(server):
         i = p.index(T.PROMPT)
         text = tok.decode(p[i + 2:-2])
         ours = m.complete(text, temperature=0, max_tokens=MAX_NEW)
-        answer = [t for t in ours.tokens if t >= 125]
-        if ours.stop_reason != "end" or not answer:
+        if ours.stop_reason != "end":
             continue
+        # llama.cpp prints no control token: the answer's text tokens (thoughts included)
+        want = tok.decode([t for t in ours.tokens if t >= len(SPECIAL_TOKENS)])
         r = _post(url + "/v1/chat/completions",
                   {"messages": [{"role": "user", "content": text}], "temperature": 0,
                    "max_tokens": MAX_NEW})
-        content = r["choices"][0]["message"]["content"]
         assert r["choices"][0]["finish_reason"] == "stop"
-        assert tok.encode(content, special=False).tolist() == answer or content == ours.text, \
-            (text, content, ours.text)
+        assert r["choices"][0]["message"]["content"] == want, text
         checked += 1
     assert checked
