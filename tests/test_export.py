@@ -28,7 +28,7 @@ DATA = Path(__file__).parent / "data"
 #: answer tokens compared per prompt (the trained answers are shorter; a stop id ends them)
 MAX_NEW = 48
 #: the models the peer tests (llama.cpp, transformers) compare against, trained once per
-#: test process: the built-in example (rows of 64: Q8_0 projections, w_down TQ2_0) and a
+#: test process: the built-in example (rows of 64: F16 projections, w_down TQ2_0) and a
 #: d=256 model on the current dialect's file (TQ2_0 everywhere)
 TRAINED = {
     # 600 steps (about 45 s of one core): confident enough that int8-per-token (poppins),
@@ -90,9 +90,9 @@ def _unpermute(w, n_head):
 
 
 @pytest.mark.parametrize("dim,kv_heads,ffn_dim,tie", [
-    (64, None, None, True),      # rows of 64 (Q8_0) and 256 (w_down: TQ2_0)
+    (64, None, None, True),      # rows of 64 (F16) and 256 (w_down: TQ2_0)
     (256, 2, 512, False),        # TQ2_0 everywhere, GQA, untied head
-    (48, None, 200, True),       # rows of 48 and 200: neither /256 nor /32 -> F16
+    (48, None, 200, True),       # rows of 48 and 200 -> F16
 ])
 def test_gguf_tensors_are_our_weights(tmp_path, dim, kv_heads, ffn_dim, tie):
     from poppins.export.gguf import write_gguf, ternary_type
