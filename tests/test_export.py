@@ -264,3 +264,16 @@ def test_cli_errors_are_messages(tmp_path, capsys):
     assert main(["export", "-m", str(out), "--format", "hf", "-o", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert "MHA/GQA models only" in err and "Traceback" not in err
+
+
+def test_gguf_without_tokenizer_has_a_loadable_placeholder_vocabulary(tmp_path):
+    """Random-weight benchmark models: the vocabulary size is right and there is a merge
+    (llama.cpp refuses a gpt2 vocabulary without merges)."""
+    from poppins.export.gguf import write_gguf
+    src = random_source()
+    write_gguf(src, tmp_path / "m.gguf")
+    r, _ = _read(tmp_path / "m.gguf")
+    toks = r.fields["tokenizer.ggml.tokens"].contents()
+    assert len(toks) == src.config.vocab_size and len(set(toks)) == len(toks)
+    assert r.fields["tokenizer.ggml.merges"].contents() == ["\u0120 \u0120"]
+    assert "tokenizer.chat_template" not in r.fields

@@ -72,16 +72,14 @@ def _vocab(src: Source, G):
     V = src.config.vocab_size
     TT = G.TokenType
     if src.tokenizer_json is None:
-        toks, types = [], []
+        # the 256 bytes, one merge (llama.cpp refuses a gpt2 vocabulary without merges),
+        # then control placeholders up to the vocabulary size
         b2u = hf_json.bytes_to_unicode()
-        for i in range(V):
-            if i < 256:
-                toks.append(b2u[i])
-                types.append(TT.NORMAL)
-            else:
-                toks.append(f"<|placeholder_{i}|>")
-                types.append(TT.CONTROL)
-        return toks, types, [], {}
+        space = b2u[ord(" ")]
+        toks = [b2u[i] for i in range(256)] + [space + space]
+        toks = (toks + [f"<|placeholder_{i}|>" for i in range(len(toks), V)])[:V]
+        types = [TT.NORMAL if i <= 256 else TT.CONTROL for i in range(V)]
+        return toks, types, ([f"{space} {space}"] if V > 256 else []), {}
     import json
     vocab_bytes, added, merges = hf_json.parse(json.loads(src.tokenizer_json),
                                                str(src.path or "tokenizer.json"))
