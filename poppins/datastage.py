@@ -25,6 +25,7 @@ from .corpus import dump_samples_xml
 from .corpus import tokens as T
 from .errors import PoppinsError
 from .fileio import sha256_file
+from .export.template import set_in_tokenizer_config as set_chat_template
 from .samples import DEFAULT_SEED, SampleSet, build_samples
 from .trainxml import DEFAULT_MAX_XML_MB, TrainDoc, read_train_xml
 from .trainxml.constants import SPECS
@@ -179,6 +180,7 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
         t3 = time.perf_counter()
         tok = _train_tokenizer(doc, sset)
         tok.save(staging)
+        set_chat_template(staging / "tokenizer_config.json", sset.default_system)
         produced += ["tokenizer.json", "tokenizer_config.json"]
         say(f"tokenizer {tok.vocab_size} ids: 125 special + {len(tok.requested_ids)} requested + "
             f"256 bytes + {tok.num_merges} merges ({tok.backend})"

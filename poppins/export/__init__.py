@@ -61,7 +61,10 @@ def load_source(model: Union[str, Path, Source]) -> Source:
 
 
 def check_exportable(cfg: ModelConfig, fmt: str) -> None:
-    if cfg.attention != "mha":
+    """Only the MHA/GQA unit's layout (one fused ``wqkv``, full-width rope) maps onto
+    arcee's attention."""
+    from ..engine.attention import MHA, attention_unit
+    if not isinstance(attention_unit(cfg), MHA):
         raise PoppinsError(
             f"{fmt} export supports MHA/GQA models only; this model uses attention "
             f"'{cfg.attention}': llama.cpp's and transformers' DeepSeek-style MLA expect "

@@ -8,7 +8,7 @@ Tensors (llama.cpp names; GGUF dims are reversed by the writer):
 
 * ternary projections: ``TQ2_0`` when the row length is a multiple of 256 (its per-256 f16
   scale is our per-tensor scale: lossless up to the f16 rounding of the scale), otherwise
-  ``Q8_0`` when it is a multiple of 32 (+-127 times scale/127), otherwise ``F16``;
+  ``F16`` (+-scale rounded to f16: the same rounding);
 * the fused ``wqkv`` is split into ``attn_q`` / ``attn_k`` / ``attn_v`` (same scale); Q and K
   rows are permuted from our half-split rotary pairs (i, i + hd/2) to llama.cpp's adjacent
   pairs (rope type NORM), as convert_hf_to_gguf.py does for Llama;
@@ -50,8 +50,7 @@ def ternary_type(k: int) -> str:
     """The GGML type a ternary matrix with rows of ``k`` weights is stored as."""
     if k % 256 == 0:
         return "TQ2_0"
-    if k % 32 == 0:
-        return "Q8_0"
+    # not Q8_0: llama.cpp 0.3.36's CPU backend crashes (SIGSEGV at warm-up) on Q8_0 rows of 64
     return "F16"
 
 
@@ -73,16 +72,14 @@ def _vocab(src: Source, G):
     V = src.config.vocab_size
     TT = G.TokenType
     if src.tokenizer_json is None:
-        toks, types = [], []
+        # the 256 bytes, one merge (llama.cpp refuses a gpt2 vocabulary without merges),
+        # then control placeholders up to the vocabulary size
         b2u = hf_json.bytes_to_unicode()
-        for i in range(V):
-            if i < 256:
-                toks.append(b2u[i])
-                types.append(TT.NORMAL)
-            else:
-                toks.append(f"<|placeholder_{i}|>")
-                types.append(TT.CONTROL)
-        return toks, types, [], {}
+        space = b2u[ord(" ")]
+        toks = [b2u[i] for i in range(256)] + [space + space]
+        toks = (toks + [f"<|placeholder_{i}|>" for i in range(len(toks), V)])[:V]
+        types = [TT.NORMAL if i <= 256 else TT.CONTROL for i in range(V)]
+        return toks, types, ([f"{space} {space}"] if V > 256 else []), {}
     import json
     vocab_bytes, added, merges = hf_json.parse(json.loads(src.tokenizer_json),
                                                str(src.path or "tokenizer.json"))

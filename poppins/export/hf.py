@@ -141,8 +141,7 @@ def export_hf(model: Union[str, Path, Source], out_dir: Union[str, Path],
     files = {
         "config.json": hf_config(src.config, dtype),
         "generation_config.json": {"bos_token_id": T.SAMPLE, "eos_token_id": list(T.STOP_IDS),
-                                   "do_sample": False,
-                                   "max_length": src.config.context_length},
+                                   "do_sample": False},
         "tokenizer_config.json": tok_cfg,
     }
     for name, obj in files.items():

@@ -72,3 +72,13 @@ def chat_template(default_system: Optional[str] = None) -> str:
 #: the token after which generation stops (an answered turn), and the end of a sample
 def stop_tokens() -> List[str]:
     return [SPECIAL_TOKENS[i] for i in T.STOP_IDS]
+
+
+def set_in_tokenizer_config(path, default_system: Optional[str]) -> None:
+    """Rewrite the ``chat_template`` of the tokenizer_config.json at ``path`` for a model whose
+    default system prompt is ``default_system`` (the data stage calls this: it knows it)."""
+    from pathlib import Path
+    from ..tokenizer import hf_json
+    p = Path(path)
+    cfg = json.loads(p.read_text(encoding="utf-8"))
+    p.write_text(hf_json.dumps(hf_json.with_chat_template(cfg, default_system)), encoding="utf-8")
