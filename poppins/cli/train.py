@@ -69,7 +69,8 @@ def run(args) -> int:
         from ..datastage import prepare_data
 
         prepare_data(args.train_xml, args.out_dir, seed=args.seed,
-                     val_fraction=args.val_fraction, max_xml_mb=args.max_xml_mb)
+                     val_fraction=args.val_fraction, max_xml_mb=args.max_xml_mb,
+                     surface_forms=args.surface_forms)
         return 0
     from ..training import train
 
