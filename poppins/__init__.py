@@ -18,7 +18,7 @@ from .errors import PoppinsError
 from .native import backend_info
 
 __all__ = ["__version__", "PoppinsError", "backend_info", "bootstrap", "prepare_data",
-           "Tokenizer", "train", "TrainConfig", "Memory", "Model"]
+           "Tokenizer", "train", "TrainConfig", "Memory", "Model", "evaluate"]
 
 _LAZY = {
     "bootstrap": ("poppins.bootstrap", "bootstrap"),
@@ -28,6 +28,7 @@ _LAZY = {
     "Memory": ("poppins.memory", "Memory"),
     "Model": ("poppins.api", "Model"),
     "TrainConfig": ("poppins.training", "TrainConfig"),
+    "evaluate": ("poppins.evaluation", "evaluate"),
 }
 
 

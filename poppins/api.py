@@ -19,8 +19,8 @@ ones go token by token (the same tokens).
 Sampling keywords (llama.cpp's meaning and defaults): ``temperature`` (or ``temp``) 0.8,
 ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05, ``repeat_penalty`` 1.0, ``repeat_last_n`` 64,
 ``seed`` -1 (random); ``temperature=0`` is greedy.  Other keywords: ``system`` (None: the
-model's default system prompt, "" none), ``max_tokens`` (-1: until the answer ends or the
-context is full), ``stop`` (strings that end the answer, not included), ``show_thoughts``,
+model's default system prompt, "" none; defined once in poppins.corpus.tokens.resolve_system),
+``max_tokens`` (-1: until the answer ends or the context is full), ``stop`` (strings that end the answer, not included), ``show_thoughts``,
 ``context`` (a shorter KV cache than the model's context length), ``logprobs`` (None: off;
 an int k >= 0: record each generated token's log-probability under the model's raw logits
 and its k likeliest alternatives, in :attr:`Completion.logprobs` and, while streaming,
@@ -39,7 +39,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .corpus.tokens import STOP_IDS, prompt_ids, sample_head_ids, turn_ids
+from .corpus.tokens import STOP_IDS, prompt_ids, resolve_system, system_head_ids, turn_ids
 from .engine.render import Renderer
 from .engine.runtime import Engine
 from .engine.sampling import Sampler, SamplingParams, token_logprobs
@@ -166,8 +166,8 @@ class Model:
         return self.engine.default_system
 
     def encode_prompt(self, prompt: str, system: Optional[str] = None) -> List[int]:
-        sys_text = self.engine.default_system if system is None else system
-        return prompt_ids(self.tokenizer, prompt, sys_text)
+        return prompt_ids(self.tokenizer, prompt,
+                          resolve_system(system, self.engine.default_system))
 
     def encode_conversation(self, messages, system: Optional[str] = None,
                             budget: Optional[int] = None) -> List[int]:
@@ -196,8 +196,7 @@ class Model:
             raise PoppinsError("a system message may only come first")
         if not msgs or msgs[-1]["role"] != "user":
             raise PoppinsError("the last message must be the user's")
-        sys_text = self.engine.default_system if system is None else system
-        head = sample_head_ids(tok, sys_text)
+        head = system_head_ids(tok, system, self.engine.default_system)
         chunks = [turn_ids(tok, m["role"], m["content"], m.get("tokens")) for m in msgs]
         last, earlier = chunks[-1], chunks[:-1]
         if budget is not None:

@@ -15,7 +15,9 @@ response_format other than text, logit_bias, echo, suffix, best_of > 1, audio, n
 modalities, frequency/presence penalties), like llama-server; other unknown fields are
 ignored.  ``/v1/completions`` is not raw text continuation: the prompt is asked as one user
 turn with the model's default system prompt (as ``infer -p`` does), since the model only
-knows the conversation layout it was trained on.  Every answer carries ``usage``.
+knows the conversation layout it was trained on.  A chat request without a system message
+gets the model's default system prompt, an empty system message none, any other its text
+(poppins.corpus.tokens.resolve_system).  Every answer carries ``usage``.
 
 HTTP: the standard library's threading server, made to hold: every response either reads
 the whole request body or closes the connection; a listen backlog of 1024; an idle/header

@@ -15,7 +15,7 @@ from .._version import __version__
 from ..errors import PoppinsError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS = ["bootstrap", "train", "infer", "chat", "serve", "bench", "tokenize", "info"]
+COMMANDS = ["bootstrap", "train", "infer", "chat", "serve", "eval", "bench", "tokenize", "info"]
 
 
 def build_parser() -> argparse.ArgumentParser:

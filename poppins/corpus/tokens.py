@@ -167,6 +167,38 @@ def sample_head_ids(tokenizer, system: Optional[str] = None) -> List[int]:
     return _flat(parts)
 
 
+# ------------------------------------------------------------------ system messages, once
+#: What a caller's system message means as a token layout (issue 12; the CLI's ``--system``,
+#: the API's ``system=``, a client's ``{"role": "system"}`` message in ``serve``, ``eval`` and
+#: training's system-prompt variants all go through ``resolve_system``):
+#:
+#: * ``NO_SYSTEM`` (None, no system message at all): the model's default system prompt (the one
+#:   most training samples used, recorded in model.poppins), so a bare question is asked the
+#:   way most of the file was trained; a model without a default has no system part;
+#: * ``EMPTY_SYSTEM`` (``""``, an empty or whitespace-only system message): no ``<system>``
+#:   part at all (``<sample> <prompt> ...``);
+#: * any other text: ``<system> text </system>``, the text as given (not stripped).
+NO_SYSTEM: Optional[str] = None
+EMPTY_SYSTEM = ""
+
+
+def resolve_system(system: Optional[str], default: Optional[str]) -> Optional[str]:
+    """The system text that goes into the layout for a caller's ``system`` (see ``NO_SYSTEM``
+    and ``EMPTY_SYSTEM``), or None for no ``<system>`` part.  ``default``: the model's default
+    system prompt (None or "" when it has none)."""
+    if system is None:
+        return default or None
+    if not isinstance(system, str):
+        raise PoppinsError("a system message must be a str (\"\" for none) or None (the "
+                           "model's default)")
+    return system if system.strip() else None
+
+
+def system_head_ids(tokenizer, system: Optional[str], default: Optional[str]) -> List[int]:
+    """``sample_head_ids`` for a caller's ``system`` as ``resolve_system`` reads it."""
+    return sample_head_ids(tokenizer, resolve_system(system, default))
+
+
 def prompt_ids(tokenizer, prompt: str, system: Optional[str] = None) -> List[int]:
     """The stream a model continues to answer ``prompt``:
     ``<sample> [<system>S</system>] <prompt><text>P</text></prompt>``, texts encoded with
