@@ -183,3 +183,11 @@ def test_a_small_file_trains_until_learned_and_greedy_agrees(tmp_path):
     model = load_trained(tmp_path / "o", threads=1)
     ids_rate, misses = exact_answer_rate(model, tmp_path / "o", limit=6)
     assert ids_rate == 1.0, misses
+
+
+def test_training_augmentation_is_disjoint_from_evals_held_out_cases():
+    from poppins import evaluation as E
+    assert not set(A.GENERIC_SYSTEMS) & set(E.CLIENT_SYSTEM_PROMPTS)
+    greetings, thanks = ("hi, ", "hello! ", "hey there, "), (" Thanks!", " thank you", " Thanks.")
+    assert not [p for p in A._PREFIXES if p in greetings]
+    assert not [x for x in A._SUFFIXES if x.strip(" ,").lower().startswith("thank")]

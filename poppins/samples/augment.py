@@ -47,9 +47,10 @@ _CONTRACTIONS = (("what is", "what's"), ("how is", "how's"), ("it is", "it's"),
                  ("can not", "can't"), ("cannot", "can't"), ("i am", "i'm"),
                  ("where is", "where's"), ("who is", "who's"), ("that is", "that's"),
                  ("there is", "there's"), ("you are", "you're"), ("let us", "let's"))
-_PREFIXES = ("please ", "can you tell me ", "could you tell me ", "hey, ", "quick question: ",
-             "i'd like to know ", "tell me ", "hi! ")
-_SUFFIXES = (" please", " thanks", ", please", " thank you")
+#: Filler (eval's unseen families, greetings and thanks, are not among them).
+_PREFIXES = ("please ", "can you tell me ", "could you tell me ", "quick question: ",
+             "i'd like to know ", "tell me ", "so, ", "i wonder, ")
+_SUFFIXES = (" please", ", please", " for me", " exactly")
 _WORD = re.compile(r"[A-Za-z]{4,}")
 
 
