@@ -100,12 +100,17 @@ def evaluate(model: Model, packed: PackedSamples, batch_size: int) -> Optional[f
 
 
 def answers_reproduced(model: Model, packed: PackedSamples, batch_size: int):
-    """(samples whose every answer token is the argmax of the teacher-forced logits, samples):
-    exactly the samples that greedy decoding reproduces from their prompt."""
+    """(answers reproduced, answers): an answer is reproduced when the argmax of the
+    teacher-forced logits equals the target at every answer token, exactly what greedy
+    decoding from its prompt gives.  Samples with the same prompt stream (system and prompt)
+    count as one answer, reproduced when one of them is (greedy can give only one)."""
     from ..model import kernels as K
-    good, total = 0, 0
     head = model._head_matrix()
-    for b in batches_in_order(packed, batch_size):
+    rows = packed.rows(np.arange(len(packed), dtype=np.int64))
+    ok = np.zeros(len(packed), dtype=bool)
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        b = packed.fill(chunk)
         B, Tn = b.tokens.shape
         with K.blas_context(model.threads):
             bf = model._trunk(model._check_tokens(b.tokens), b.segments)
@@ -114,18 +119,20 @@ def answers_reproduced(model: Model, packed: PackedSamples, batch_size: int):
             K.rmsnorm_quant_fwd(bf.x[-1], model.params["final_norm"], hf, rs,
                                 model.cfg.norm_eps, False, model.threads)
             pred = np.empty(bf.N, dtype=np.int64)
-            for i in range(0, bf.N, 512):          # logits a slice at a time (vocab-wide)
-                pred[i:i + 512] = np.argmax(hf[i:i + 512] @ head.T, axis=1)
+            for j in range(0, bf.N, 512):          # logits a slice at a time (vocab-wide)
+                pred[j:j + 512] = np.argmax(hf[j:j + 512] @ head.T, axis=1)
         wrong = (pred.reshape(B, Tn) != b.targets) & (b.mask > 0)
-        for r in range(B):
-            segs = b.segments[r]
-            learned = segs[b.mask[r] > 0]
-            bad = segs[wrong[r]]
-            ids = np.unique(learned)
-            total += len(ids)
-            good += int(len(ids) - len(np.intersect1d(ids, bad)))
+        for r, row in enumerate(chunk):
+            bad = set(b.segments[r][wrong[r]].tolist())
+            for k, sample in enumerate(row.tolist()):
+                ok[sample] = k not in bad
     model.release_buffers()
-    return good, total
+    by_prompt: Dict[bytes, bool] = {}
+    for sample in range(len(packed)):
+        st = int(packed.starts[sample])
+        key = np.asarray(packed.ids[st:st + int(packed.bounds[sample])]).tobytes()
+        by_prompt[key] = by_prompt.get(key, False) or bool(ok[sample])
+    return sum(by_prompt.values()), len(by_prompt)
 
 
 def _lr_wd(step: int, total: int, cfg, learned_at: Optional[int]):
