@@ -26,7 +26,7 @@ from .corpus import tokens as T
 from .errors import PoppinsError
 from .fileio import sha256_file
 from .samples import DEFAULT_SEED, SampleSet, build_samples
-from .samples.augment import augment
+from .samples.augment import augment as augment_samples
 from .trainxml import DEFAULT_MAX_XML_MB, TrainDoc, read_train_xml
 from .trainxml.constants import SPECS
 
@@ -125,10 +125,12 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
                  val_fraction: Optional[float] = None, max_xml_mb: float = DEFAULT_MAX_XML_MB,
                  log: Optional[Callable[[str], None]] = print,
                  allow_outside_imports: bool = True,
-                 surface_forms: Optional[int] = None) -> DataResult:
+                 surface_forms: Optional[int] = None,
+                 augment: Optional[bool] = None) -> DataResult:
     """Run the data stage; raises PoppinsError (with FILE:LINE problems) on bad input.
     ``surface_forms``: surface variants per training prompt (None: the train.xml constant
-    ``<surface-forms>`` or its default).
+    ``<surface-forms>`` or its default); ``augment``: False for the file's samples only (None:
+    the constant ``<augment>`` or its default, on).
     ``allow_outside_imports=False`` refuses imports outside train.xml's folder (else each
     is a warning naming the path)."""
     say = log or (lambda _msg: None)
@@ -172,7 +174,13 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
         c = doc.constants.get("surface-forms")
         surface_forms = c.value if c else DEFAULT_SURFACE_FORMS
     t_aug = time.perf_counter()
-    extra, aug_counts = augment(sset, seed, surface_forms)
+    if augment is None:
+        c = doc.constants.get("augment")
+        augment = c.value if c else SPECS["augment"].default
+    if augment:
+        extra, aug_counts = augment_samples(sset, seed, surface_forms)
+    else:
+        extra, aug_counts = [], {"system": 0, "surface": 0, "chains": 0, "off_topic": 0}
 
     t2 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +249,7 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
                         "beyond_scope": sset.beyond_scope, "groups": len(sset.groups),
                         "train": len(sset.train), "val": len(sset.val),
                         "augmented": dict(aug_counts, total=len(extra))},
-            "surface_forms": surface_forms,
+            "surface_forms": surface_forms if augment else 0,
             "constants": _constants_for_manifest(doc),
             "tokenizer": {"vocab_size": tok.vocab_size, "merges": tok.num_merges,
                           "requested_tokens": list(tok.requested_tokens)},

@@ -261,6 +261,9 @@ KNOBS: Tuple[Knob, ...] = (
        "decoding (checked every val-interval steps), train this fraction of the steps so far "
        "more, the learning rate annealed to its floor", attr="learned_margin",
        constant="learned-margin", flags=("--learned-margin",), lo=0, hi=10),
+    _K("augment", "bool", True, "train on the file's samples only: no system-prompt copies, "
+       "surface forms, synthetic conversations or off-topic refusals", attr="augment",
+       constant="augment", flags=("--no-augment",), flag_value=False),
     _K("surface-forms", "int", 2, "seeded surface variants (case, punctuation, typos, "
        "contractions, filler, spacing) added per training prompt (0: none)",
        attr="surface_forms", constant="surface-forms", flags=("--surface-forms",), lo=0, hi=64),

@@ -139,6 +139,10 @@ def test_data_stage_stores_augmentation_after_the_files_samples(tmp_path, capsys
     off = prepare_data(CURRENT, tmp_path / "c", seed=3, log=None, surface_forms=0)
     assert off.manifest["samples"]["augmented"]["surface"] == 0
     assert off.manifest["surface_forms"] == 0
+    plain = prepare_data(CURRENT, tmp_path / "d", seed=3, log=None, augment=False)
+    assert plain.manifest["samples"]["augmented"]["total"] == 0
+    _, index = T.read_bins(tmp_path / "d", "train")
+    assert len(index) == plain.manifest["samples"]["train"]
 
 
 SMALL = """<train>

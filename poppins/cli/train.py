@@ -70,7 +70,7 @@ def run(args) -> int:
 
         prepare_data(args.train_xml, args.out_dir, seed=args.seed,
                      val_fraction=args.val_fraction, max_xml_mb=args.max_xml_mb,
-                     surface_forms=args.surface_forms)
+                     surface_forms=args.surface_forms, augment=args.augment)
         return 0
     from ..training import train
 

@@ -37,7 +37,11 @@ MAX_CHAIN_TURNS = 4
 _ROLES = ("You are a knowledgeable guide.", "You are an expert tutor.",
           "You are a concise support agent.", "You are a patient teacher.",
           "You are a reliable reference assistant.", "You are a calm and precise helper.",
-          "Act as a friendly advisor.", "You are a documentation bot.")
+          "Act as a friendly advisor.", "You are a documentation bot.",
+          "You are Nova, an assistant built by a small team.",
+          "You are Atlas, a chatbot made by a software company.",
+          "The following is a conversation with an assistant.",
+          "You are a virtual assistant on a website.")
 _RULES = ("", " Keep replies short.", " Be accurate.", " Answer in plain English.",
           " Reply clearly and politely.", " Use simple words.")
 GENERIC_SYSTEMS: Tuple[str, ...] = tuple(r + x for r in _ROLES for x in _RULES)
@@ -161,6 +165,11 @@ _OFF_TEMPLATES = (
     "How many people live in {country}?", "Which {media} won the most awards?",
     "Give me a workout plan for {day}.", "What's a good gift for my {relative}?",
     "Summarize the plot of a famous {media}.", "What are the rules of {game}?",
+    "Who is the president of {country}?", "How do I cook {food}?", "What's the score of the "
+    "{game} match?", "Can you sing a song about {thing}?", "Where can I buy {food}?",
+    "What is the best {media} this year?", "How do I train my {pet}?",
+    "What's the history of {landmark}?", "Do you like {thing2}?", "Tell me about {person}s.",
+    "What happened in {country} yesterday?", "How far is {city} from {city2}?",
 )
 _FILL = {
     "event": ("marathon", "chess championship", "song contest", "cycling tour", "regatta"),
@@ -176,6 +185,8 @@ _FILL = {
     "pet": ("kitten", "puppy", "parrot", "goldfish", "rabbit"),
     "day": ("Monday", "the weekend", "a rainy afternoon"),
     "relative": ("grandmother", "uncle", "cousin", "sister"),
+    "food": ("risotto", "pancakes", "sushi", "lasagna", "dumplings"),
+    "city2": ("Berlin", "Cairo", "Denver", "Madrid", "Seoul"),
     "game": ("badminton", "backgammon", "curling", "mahjong", "water polo"),
 }
 
@@ -265,10 +276,11 @@ def augment(sset, seed: int, surface_forms: int = 2,
     links = [s for s in sset.train if not s.turns and _key(s.prompt) not in dependent]
     if len(links) >= 2:
         r = random.Random(f"poppins-chains:{seed}")
-        for _ in range(len(links) // 2):
+        for _ in range(len(links)):
             chain = r.sample(links, min(len(links), r.randint(2, MAX_CHAIN_TURNS)))
             first = chain[0]
-            out.append(copy(first, system=r.choice([None, default]), origin=first.origin,
+            sy = r.choice([None, default, default, r.choice(GENERIC_SYSTEMS)])
+            out.append(copy(first, system=sy, origin=first.origin,
                             variant="augment:conversation",
                             turns=tuple(Turn(c.prompt, c.items, c.thought) for c in chain[1:])))
             counts["chains"] += 1
@@ -283,7 +295,7 @@ def augment(sset, seed: int, surface_forms: int = 2,
             if s in beyond:
                 continue
             words.update(_WORD.findall(s.prompt))
-        n = min(400, max(60, len(sset.train) // 4))
+        n = min(400, max(150, len(sset.train) // 3))
         for q in off_topic_prompts(n, seed, avoid=words):
             if q in val_exact:
                 continue

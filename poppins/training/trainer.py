@@ -162,7 +162,8 @@ def train(train_xml="train.xml", out_dir=".poppins", *, seed: int = 1337,
     out_dir = Path(out_dir)
     data = prepare_data(train_xml, out_dir, seed=seed, val_fraction=val_fraction,
                         max_xml_mb=max_xml_mb, log=log,
-                        surface_forms=overrides.get("surface_forms"))
+                        surface_forms=overrides.get("surface_forms"),
+                        augment=overrides.get("augment"))
     manifest = data.manifest
     manifest_sha = _sha256(out_dir / MANIFEST)
     cfg = TrainConfig(seed=seed).with_constants(manifest["constants"])
