@@ -109,7 +109,7 @@ def test_off_topic_refusals_only_with_a_beyond_scope_block(tmp_path):
     sset = _sset(CURRENT)
     extra, counts = A.augment(sset, 1337)
     off = [s for s in extra if s.variant == "augment:off-topic"]
-    assert counts["off_topic"] == len(off) >= 30
+    assert counts["off_topic"] == len(off) >= A.OFF_TOPIC_MIN
     refusal = sset.groups[-1][0].items
     assert all(s.items == refusal and not s.turns for s in off)
     file_prompts = {s.prompt for g in sset.groups for s in g}

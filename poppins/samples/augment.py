@@ -31,6 +31,8 @@ from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 MAX_CHAIN_TURNS = 4
+#: Generated off-topic questions per file (where it has a beyond-scope block).
+OFF_TOPIC_MIN, OFF_TOPIC_MAX = 20, 150
 
 #: Generic system prompts seen in training (a role and an instruction, combined).  Eval's
 #: client system prompts ("You are a helpful assistant." ...) are not among them.
@@ -295,7 +297,10 @@ def augment(sset, seed: int, surface_forms: int = 2,
             if s in beyond:
                 continue
             words.update(_WORD.findall(s.prompt))
-        n = min(400, max(150, len(sset.train) // 3))
+        # about one off-topic question per two in-scope training samples (between
+        # OFF_TOPIC_MIN and OFF_TOPIC_MAX), so the refusal never outweighs a small file
+        in_scope = len([s for s in sset.train if s not in set(beyond)])
+        n = min(OFF_TOPIC_MAX, max(OFF_TOPIC_MIN, in_scope // 2))
         for q in off_topic_prompts(n, seed, avoid=words):
             if q in val_exact:
                 continue
