@@ -27,6 +27,7 @@ from .errors import PoppinsError
 from .fileio import sha256_file
 from .export.template import set_in_tokenizer_config as set_chat_template
 from .samples import DEFAULT_SEED, SampleSet, build_samples
+from .samples.augment import augment as augment_samples
 from .trainxml import DEFAULT_MAX_XML_MB, TrainDoc, read_train_xml
 from .trainxml.constants import SPECS
 
@@ -39,6 +40,10 @@ DATA_FILES = ("train_corpus.xml", "val_corpus.xml", "tokenizer.json", "tokenizer
 STAGING_PREFIX = ".staging-"
 DEFAULT_VOCAB_SIZE = SPECS["bpe-vocab-size"].default                 # the knob table's
 DEFAULT_MIN_MERGE_FREQUENCY = SPECS["bpe-min-merge-frequency"].default
+DEFAULT_SURFACE_FORMS = SPECS["surface-forms"].default
+#: The default context is at least this long, so several samples pack into one window; an
+#: augmented sample longer than this and than the file's longest sample is not kept.
+MIN_CONTEXT = 256
 
 
 @dataclass
@@ -121,8 +126,13 @@ def _fsync_dir(path: Path) -> None:
 def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_SEED,
                  val_fraction: Optional[float] = None, max_xml_mb: float = DEFAULT_MAX_XML_MB,
                  log: Optional[Callable[[str], None]] = print,
-                 allow_outside_imports: bool = True) -> DataResult:
+                 allow_outside_imports: bool = True,
+                 surface_forms: Optional[int] = None,
+                 augment: Optional[bool] = None) -> DataResult:
     """Run the data stage; raises PoppinsError (with FILE:LINE problems) on bad input.
+    ``surface_forms``: surface variants per training prompt (None: the train.xml constant
+    ``<surface-forms>`` or its default); ``augment``: False for the file's samples only (None:
+    the constant ``<augment>`` or its default, on).
     ``allow_outside_imports=False`` refuses imports outside train.xml's folder (else each
     is a warning naming the path)."""
     say = log or (lambda _msg: None)
@@ -162,6 +172,18 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
         say("note     the validation set is empty: no sample has phrase variants. Add <phrases> "
             "or pass --val-fraction (e.g. 0.1) to hold out whole samples.")
 
+    if surface_forms is None:
+        c = doc.constants.get("surface-forms")
+        surface_forms = c.value if c else DEFAULT_SURFACE_FORMS
+    t_aug = time.perf_counter()
+    if augment is None:
+        c = doc.constants.get("augment")
+        augment = c.value if c else SPECS["augment"].default
+    if augment:
+        extra, aug_counts = augment_samples(sset, seed, surface_forms)
+    else:
+        extra, aug_counts = [], {"system": 0, "surface": 0, "chains": 0, "off_topic": 0}
+
     t2 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob(STAGING_PREFIX + "*"):   # left by a killed run
@@ -169,7 +191,26 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
         produced: List[str] = []
-        for split, samples in (("train", sset.train), ("val", sset.val)):
+        tok = _train_tokenizer(doc, sset)      # the file's own texts only
+        t3 = time.perf_counter() - t2
+        own_longest = max(int(T.encode_samples(part, tok)[1]["count"].max())
+                          for part in (sset.train, sset.val) if part)
+        limit = max(MIN_CONTEXT, own_longest)
+        if extra:
+            counts = T.encode_samples(extra, tok)[1]["count"]
+            kept = [s for s, n in zip(extra, counts.tolist()) if n <= limit]
+            for s, n in zip(extra, counts.tolist()):
+                if n > limit:
+                    fam = s.variant.split(":")[-1].replace("-", "_")
+                    fam = {"conversation": "chains", "off_topic": "off_topic"}.get(fam, fam)
+                    aug_counts[fam] -= 1
+            extra = kept
+        train_samples = list(sset.train) + extra
+        say(f"augment  +{len(extra)} training samples: {aug_counts['system']} with other system "
+            f"prompts, {aug_counts['surface']} surface forms ({surface_forms} per prompt), "
+            f"{aug_counts['chains']} conversations, {aug_counts['off_topic']} off-topic "
+            f"refusals  [{time.perf_counter() - t_aug - t3:.2f} s]")
+        for split, samples in (("train", train_samples), ("val", sset.val)):
             name = f"{split}_corpus.xml"
             _write(staging / name, dump_samples_xml(samples))
             produced.append(name)
@@ -177,18 +218,16 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
             f"val_corpus.xml {_human((staging / 'val_corpus.xml').stat().st_size)}"
             f"  [{time.perf_counter() - t2:.2f} s]")
 
-        t3 = time.perf_counter()
-        tok = _train_tokenizer(doc, sset)
         tok.save(staging)
         set_chat_template(staging / "tokenizer_config.json", sset.default_system)
         produced += ["tokenizer.json", "tokenizer_config.json"]
         say(f"tokenizer {tok.vocab_size} ids: 125 special + {len(tok.requested_ids)} requested + "
             f"256 bytes + {tok.num_merges} merges ({tok.backend})"
-            f"  [{time.perf_counter() - t3:.2f} s]")
+            f"  [{t3:.2f} s]")
 
         t4 = time.perf_counter()
         token_stats = {}
-        for split, samples in (("train", sset.train), ("val", sset.val)):
+        for split, samples in (("train", train_samples), ("val", sset.val)):
             ids, index = T.encode_samples(samples, tok)
             T.write_bins(staging / f"{split}_corpus.bin", staging / f"{split}_index.bin", ids, index)
             produced += [f"{split}_corpus.bin", f"{split}_index.bin"]
@@ -211,7 +250,9 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
             "dialects": doc.dialects,
             "samples": {"originals": sset.originals, "variants": sset.variants,
                         "beyond_scope": sset.beyond_scope, "groups": len(sset.groups),
-                        "train": len(sset.train), "val": len(sset.val)},
+                        "train": len(sset.train), "val": len(sset.val),
+                        "augmented": dict(aug_counts, total=len(extra))},
+            "surface_forms": surface_forms if augment else 0,
             "constants": _constants_for_manifest(doc),
             "tokenizer": {"vocab_size": tok.vocab_size, "merges": tok.num_merges,
                           "requested_tokens": list(tok.requested_tokens)},

@@ -249,10 +249,27 @@ KNOBS: Tuple[Knob, ...] = (
        default_text="max(256, longest sample), up to 1024"),
     _K("context-cap", "int", 1024, "the longest default context (when context is not set)",
        attr="context_cap", lo=8),
-    _K("steps", "int", None, "optimizer steps", attr="steps", constant="steps",
+    _K("steps", "int", None, "planned optimizer steps (an upper bound when stop-when-learned)",
+       attr="steps", constant="steps",
        flags=("--steps",), lo=1, optional=True, default_text="from epochs"),
-    _K("epochs", "float", 40.0, "passes over the training samples (when steps is not set)",
+    _K("epochs", "float", 80.0, "planned passes over the file's own training samples (when "
+       "steps is not set; training stops earlier once the file is learned)",
        attr="epochs", constant="epochs", flags=("--epochs",), lo=0, lo_open=True),
+    _K("min-steps", "int", 400, "the fewest planned steps (small files get enough)",
+       attr="min_steps", constant="min-steps", flags=("--min-steps",), lo=1),
+    _K("stop-when-learned", "bool", True, "train with no stop when learned: run every planned "
+       "step", attr="stop_when_learned", constant="stop-when-learned",
+       flags=("--no-stop-when-learned",), flag_value=False),
+    _K("learned-margin", "float", 0.25, "once every training answer is reproduced by greedy "
+       "decoding (checked every val-interval steps), train this fraction of the steps so far "
+       "more, the learning rate annealed to its floor", attr="learned_margin",
+       constant="learned-margin", flags=("--learned-margin",), lo=0, hi=10),
+    _K("augment", "bool", True, "train on the file's samples only: no system-prompt copies, "
+       "surface forms, synthetic conversations or off-topic refusals", attr="augment",
+       constant="augment", flags=("--no-augment",), flag_value=False),
+    _K("surface-forms", "int", 2, "seeded surface variants (case, punctuation, typos, "
+       "contractions, filler, spacing) added per training prompt (0: none)",
+       attr="surface_forms", constant="surface-forms", flags=("--surface-forms",), lo=0, hi=64),
     _K("batch-size", "int", 6, "packed sequences per micro-batch", attr="batch_size",
        constant="batch-size", flags=("--batch-size",), lo=1, hi=1 << 16),
     _K("gradient-accumulation-steps", "int", 1, "micro-batches per optimizer step (per rank "

@@ -22,7 +22,7 @@ DATA = Path(__file__).parent / "data"
 TRAIN_XML = DATA / "current" / "train.xml"
 #: a tiny model that learns the example by heart in ~10 s on one thread
 TINY_TRAIN = dict(dim=64, layers=2, heads=4, steps=120, batch_size=8, lr=1.5e-2, warmup_steps=20,
-                  val_interval=1000, checkpoint_interval=1000, threads=1)
+                  val_interval=1000, checkpoint_interval=1000, threads=1, augment=False)
 
 CONFIGS = {
     "mha": dict(),

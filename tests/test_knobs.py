@@ -92,7 +92,7 @@ def test_trainconfig_is_the_config_knobs():
     assert [f.name for f in fields] == list(K.CONFIG)
     assert all(f.default == K.CONFIG[f.name].default for f in fields)
     cfg = TrainConfig()
-    assert (cfg.dim, cfg.layers, cfg.epochs, cfg.lr, cfg.steps) == (128, 4, 40.0, 4e-3, None)
+    assert (cfg.dim, cfg.layers, cfg.epochs, cfg.lr, cfg.steps) == (128, 4, 80.0, 4e-3, None)
     # the constants that set a field are exactly the config knobs with a constant
     from poppins.training.config import CONSTANT_FIELDS
     assert CONSTANT_FIELDS == {k.constant: k.attr for k in K.CONFIG.values() if k.constant}

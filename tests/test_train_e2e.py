@@ -2,12 +2,15 @@
 
 Runs ``bootstrap`` and the default ``python -m poppins train`` in a temporary folder (a few
 minutes on two cores; the time is printed, never asserted), then greedy-decodes every
-distinct training prompt through the training model and requires at least 95% of the
-answers to equal their training answer token for token.
+distinct training prompt of the file through the training model and requires at least 95% of
+the answers to equal their training answer token for token, a plan within the budget, the file
+learned, and (through ``eval``) answers that hold up without or with other system prompts,
+on validation variants, unseen surface variants and conversation chains.
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,7 +37,29 @@ def test_default_train_learns_the_bootstrap_answers(tmp_path):
     from poppins.training.generate import exact_answer_rate
     from poppins.training.trainer import load_trained
 
-    model = load_trained(tmp_path / ".poppins")
-    rate, misses = exact_answer_rate(model, tmp_path / ".poppins")
+    # the budget (issue 12): at most twice the 720 steps x 6 x 256 tokens of before
+    plan = next(line for line in r.stdout.splitlines() if line.startswith("plan"))
+    steps, rows, ctx = (int(x) for x in re.match(r"plan +(\d+) steps of (\d+) x (\d+)",
+                                                 plan).groups())
+    assert steps * rows * ctx <= 2 * 720 * 6 * 256, plan
+    assert "the file was learned at step" in r.stdout, r.stdout[-2000:]
+
+    import json
+    out = tmp_path / ".poppins"
+    own = json.loads((out / "manifest.json").read_text())["samples"]["train"]
+    model = load_trained(out)
+    # the file's own training samples come first in the bins (augmentation after them)
+    rate, misses = exact_answer_rate(model, out, limit=own)
     print(f"exact training answers: {rate:.1%} ({len(misses)} misses)")
     assert rate >= 0.95
+
+    # as clients ask, through the model file (bars a little below the measured figures)
+    from poppins.evaluation import evaluate
+    rep = evaluate(out, tmp_path / "train.xml",
+                   probes=REPO / "tests" / "data" / "eval" / "example" / "probes.xml")
+    print(rep.table())
+    assert rep.row("train-none").rate >= 0.97 and rep.row("train-empty").rate >= 0.97
+    assert rep.row("train-own").rate >= 0.97 and rep.row("val").rate >= 0.95
+    assert all(rep.row(f"client-{i}").rate >= 0.9 for i in range(1, 11))
+    assert rep.row("surface").rate >= 0.65 and rep.row("chains").rate >= 0.7
+    assert rep.row("off-topic").rate >= 0.6 and rep.row("refused").rate <= 0.03

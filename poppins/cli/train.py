@@ -70,7 +70,8 @@ def run(args) -> int:
 
         prepare_data(args.train_xml, args.out_dir, seed=args.seed,
                      val_fraction=args.val_fraction, max_xml_mb=args.max_xml_mb,
-                     allow_outside_imports=args.allow_outside_imports)
+                     allow_outside_imports=args.allow_outside_imports,
+                     surface_forms=args.surface_forms, augment=args.augment)
         return 0
     from ..training import train
 

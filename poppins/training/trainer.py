@@ -25,7 +25,7 @@ import numpy as np
 
 from .._version import __version__
 from ..corpus import tokens as T
-from ..datastage import MANIFEST, prepare_data
+from ..datastage import MANIFEST, MIN_CONTEXT, prepare_data
 from ..errors import PoppinsError
 from ..fileio import atomic_write_text
 from ..model import AdamW, Model, ModelConfig
@@ -39,10 +39,6 @@ from .progress import Progress, fmt_duration
 from .schedule import lr_wd_at
 
 
-#: The default context is at least this long, so several samples pack into one window.
-MIN_CONTEXT = 256
-
-
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -51,12 +47,14 @@ class TrainResult:
     seconds: float
     train_loss: float
     val_loss: Optional[float]
-    stopped: str                      # "done" | "aim-loss" | "SIGINT" | "SIGTERM"
+    stopped: str                      # "done" | "learned" | "aim-loss" | "SIGINT" | "SIGTERM"
     checkpoint: Path
     model_file: Optional[Path]
     config: TrainConfig
     model_config: ModelConfig
     history: List[list] = field(default_factory=list)   # [step, loss, val or None]
+    learned_step: Optional[int] = None   # first check at which every training answer was right
+    learned: Optional[tuple] = None      # (answers reproduced, answers) at the last check
 
 
 class _StopFlag:
@@ -114,6 +112,53 @@ def evaluate(model: Model, packed: PackedSamples, batch_size: int,
     return total / weight if weight else None
 
 
+def answers_reproduced(model: Model, packed: PackedSamples, batch_size: int):
+    """(answers reproduced, answers): an answer is reproduced when the argmax of the
+    teacher-forced logits equals the target at every answer token, exactly what greedy
+    decoding from its prompt gives.  Samples with the same prompt stream (system and prompt)
+    count as one answer, reproduced when one of them is (greedy can give only one)."""
+    from ..model import kernels as K
+    head = model._head_matrix()
+    rows = packed.rows(np.arange(len(packed), dtype=np.int64))
+    ok = np.zeros(len(packed), dtype=bool)
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        b = packed.fill(chunk)
+        B, Tn = b.tokens.shape
+        with K.blas_context(model.threads):
+            bf = model._trunk(model._check_tokens(b.tokens), b.segments)
+            hf = np.empty_like(bf.x[-1])
+            rs = np.empty(bf.N, dtype=model.dtype)
+            K.rmsnorm_quant_fwd(bf.x[-1], model.params["final_norm"], hf, rs,
+                                model.cfg.norm_eps, False, model.threads)
+            pred = np.empty(bf.N, dtype=np.int64)
+            for j in range(0, bf.N, 512):          # logits a slice at a time (vocab-wide)
+                pred[j:j + 512] = np.argmax(hf[j:j + 512] @ head.T, axis=1)
+        wrong = (pred.reshape(B, Tn) != b.targets) & (b.mask > 0)
+        for r, row in enumerate(chunk):
+            bad = set(b.segments[r][wrong[r]].tolist())
+            for k, sample in enumerate(row.tolist()):
+                ok[sample] = k not in bad
+    model.release_buffers()
+    by_prompt: Dict[bytes, bool] = {}
+    for sample in range(len(packed)):
+        st = int(packed.starts[sample])
+        key = np.asarray(packed.ids[st:st + int(packed.bounds[sample])]).tobytes()
+        by_prompt[key] = by_prompt.get(key, False) or bool(ok[sample])
+    return sum(by_prompt.values()), len(by_prompt)
+
+
+def _lr_wd(step: int, total: int, cfg, learned_at: Optional[int]):
+    """The schedule; once learned (at ``learned_at``), the rate falls linearly from its value
+    there to the floor at ``total`` (the learned step plus the margin)."""
+    if learned_at is None or step < learned_at:
+        return lr_wd_at(step, total, cfg)
+    lr0, wd = lr_wd_at(learned_at, total, cfg)
+    floor = min(lr0, cfg.lr * cfg.min_lr_ratio)
+    frac = (step - learned_at + 1) / max(1, total - learned_at)
+    return lr0 + (floor - lr0) * min(frac, 1.0), wd
+
+
 def model_config_for(cfg: TrainConfig, vocab_size: int, context: int) -> ModelConfig:
     return ModelConfig(vocab_size=vocab_size, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
                        kv_heads=cfg.kv_heads, attention=cfg.attention, context_length=context,
@@ -159,7 +204,9 @@ def _setup(train_xml, out_dir: Path, seed, val_fraction, max_xml_mb, resume, ove
     """The data stage and the run's TrainConfig (and checkpoint when resuming)."""
     data = prepare_data(train_xml, out_dir, seed=seed, val_fraction=val_fraction,
                         max_xml_mb=max_xml_mb, log=log,
-                        allow_outside_imports=allow_outside_imports)
+                        allow_outside_imports=allow_outside_imports,
+                        surface_forms=overrides.get("surface_forms"),
+                        augment=overrides.get("augment"))
     manifest = data.manifest
     manifest_sha = _sha256(out_dir / MANIFEST)
     cfg = TrainConfig(seed=seed).with_constants(manifest["constants"])
@@ -207,6 +254,9 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
     scales = (cfg.loss_scale_response, cfg.loss_scale_source, cfg.loss_scale_code)
     train_ids, train_index = T.read_bins(out_dir, "train")
     packed = PackedSamples(train_ids, train_index, context, scales)
+    # the file's own training samples come first in the bins (augmentation after them)
+    own = int(manifest["samples"]["train"])
+    own_packed = PackedSamples(train_ids, train_index[:own], context, scales)
     val_ids, val_index = T.read_bins(out_dir, "val")
     val_packed = PackedSamples(val_ids, val_index, context, scales)
     for split, p in (("train", packed), ("validation", val_packed)):
@@ -221,13 +271,15 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
     rows0 = stream.epoch_rows(0)
     per_step = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = max(1, math.ceil(len(rows0) / per_step))
-    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    own_rows = len(own_packed.rows(np.arange(len(own_packed), dtype=np.int64)))
+    total = cfg.steps or max(cfg.min_steps, math.ceil(cfg.epochs * own_rows / per_step))
     padding = 1.0 - packed.tokens / (len(rows0) * context)
 
     model = Model(mcfg, seed=cfg.seed, threads=threads)
     opt = AdamW(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                 weight_decay=cfg.weight_decay)
     step, epoch, row, history = 0, 0, 0, []
+    learned_at, learned = None, None
     if ckpt_state is not None:
         header, arrays = ckpt_state
         if ModelConfig.from_dict(header["model_config"]) != mcfg:
@@ -239,6 +291,7 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         step, epoch, row = int(header["step"]), int(header["epoch"]), int(header["row"])
         history = [list(h) for h in header.get("history", [])]
         total = int(header["total_steps"])
+        learned_at = header.get("learned_step")
         say(f"resume   from step {step} of {total} ({checkpoint_path(out_dir)})")
     if group.is_root:
         atomic_write_text(out_dir / "config.json", json.dumps(
@@ -258,7 +311,10 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         f"{'ternary' if mcfg.quantize else 'float'} weights{ranks}")
     say(f"plan     {total} steps of {per_step} x {context} tokens "
         f"({steps_per_epoch} steps/epoch, {len(packed)} samples, padding {padding:.0%}); "
-        f"lr {cfg.lr:g} {cfg.schedule}, warmup {cfg.warmup_steps}")
+        f"lr {cfg.lr:g} {cfg.schedule}, warmup {cfg.warmup_steps}"
+        + (f"; stops {cfg.learned_margin:g} x its steps after every training answer is "
+           f"reproduced (checked every {cfg.val_interval} steps)" if cfg.stop_when_learned
+           else ""))
 
     ckpt = checkpoint_path(out_dir)
 
@@ -269,7 +325,8 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
             "poppins_version": __version__, "train_config": cfg.to_dict(),
             "model_config": mcfg.to_dict(), "manifest_sha256": manifest_sha, "step": step,
             "total_steps": total, "epoch": epoch, "row": row, "adam_t": opt.t,
-            "history": history}, {"params": model.flat_params, "adam_m": opt.m, "adam_v": opt.v})
+            "history": history, "learned_step": learned_at},
+            {"params": model.flat_params, "adam_m": opt.m, "adam_v": opt.v})
 
     prog = Progress(total, start_step=step, stream=progress_stream, log_interval=cfg.log_interval,
                     quiet=not group.is_root, tty=False if group.size > 1 else None)
@@ -279,7 +336,7 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         loss, val = history[-1][1], history[-1][2]
     with _StopFlag() as flag:
         while step < total:
-            lr, wd = lr_wd_at(step, total, cfg)
+            lr, wd = _lr_wd(step, total, cfg, learned_at)
             loss_sum, real = 0.0, 0
             micro_rows = []
             for micro in range(cfg.grad_accum):
@@ -312,18 +369,30 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
                 val = evaluate(model, val_packed, cfg.batch_size, group)
             history.append([step, loss, val])
             prog.update(step, loss, val, lr, real, keep=val is not None)
+            if cfg.stop_when_learned and learned_at is None and (
+                    step % cfg.val_interval == 0 or step == total):
+                learned = answers_reproduced(model, own_packed, cfg.batch_size)
+                if learned[0] == learned[1]:
+                    learned_at = step
+                    total = min(total, step + math.ceil(cfg.learned_margin * step))
+                    prog.message(f"learned  every training answer ({learned[1]}) reproduced "
+                                 f"at step {step}; {total - step} more steps (margin)")
             watched = val if len(val_packed) else loss
             if cfg.aim_loss is not None and watched is not None and watched <= cfg.aim_loss:
                 stopped = "aim-loss"
             signame = group.agree_stop(flag.signame)
             if signame:
                 stopped = signame
+            if stopped == "done" and learned_at is not None and step >= total:
+                stopped = "learned"
             if stopped != "done" or step % cfg.checkpoint_interval == 0 or step == total:
                 save()
-            if stopped != "done":
+            if stopped not in ("done", "learned"):
                 break
     seconds = time.perf_counter() - t0
     model.release_buffers()
+    if stopped not in ("SIGINT", "SIGTERM") and len(own_packed):
+        learned = answers_reproduced(model, own_packed, cfg.batch_size)
     model_file = None
     if stopped not in ("SIGINT", "SIGTERM") and group.is_root:
         model_file = export_model(
@@ -336,6 +405,11 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
     else:
         if stopped == "aim-loss":
             prog.message(f"aim      reached loss {cfg.aim_loss:g} at step {step}")
+        if learned is not None:
+            prog.message(f"answers  {learned[0]}/{learned[1]} training answers reproduced by "
+                         f"greedy decoding"
+                         + (f"; the file was learned at step {learned_at}" if learned_at
+                            else "; not learned within the plan (raise --steps or --epochs)"))
         vals = [h[2] for h in history if h[2] is not None]
         prog.message(f"done     {step} steps in {fmt_duration(seconds)}; loss {loss:.4f}"
                      + (f", val {vals[-1]:.4f}" if vals else "") + f"; checkpoint {ckpt}")
@@ -348,7 +422,7 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
     last_val = next((h[2] for h in reversed(history) if h[2] is not None), None)
     return TrainResult(out_dir=out_dir, steps=step, total_steps=total, seconds=seconds,
                        train_loss=loss, val_loss=last_val, stopped=stopped, checkpoint=ckpt,
-                       model_file=model_file,
+                       model_file=model_file, learned_step=learned_at, learned=learned,
                        config=cfg, model_config=mcfg, history=history)
 
 

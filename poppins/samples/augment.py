@@ -1,0 +1,311 @@
+"""Training augmentation: the same answers under the inputs people and clients send.
+
+    from poppins.samples.augment import augment
+    extra, counts = augment(sset, seed=1337, surface_forms=2)
+
+Added to the training split only (never to validation), after the file's own samples, and
+stored in the corpus bins, so the same file and seed give the same bytes.  Every draw comes
+from a ``random.Random`` seeded with the run seed and the text it applies to, so a sample's
+variants do not depend on the order of the others.  Four families:
+
+* **system prompts**: each training sample is also seen with no system prompt, with the
+  file's default one and with a generic one from :data:`GENERIC_SYSTEMS` (built-in, seeded;
+  eval's client system prompts are different and held out).  A prompt whose answer differs
+  under different system prompts in the file keeps its own system prompt only.
+* **surface forms**: ``surface_forms`` variants of every training prompt: case, punctuation,
+  typos (dropped, doubled, swapped letters), contractions, filler, spacing.  A variant equal
+  to a validation prompt (or to one after case, spacing and punctuation are ignored) is never
+  added.
+* **conversations**: chains of 2..:data:`MAX_CHAIN_TURNS` single-turn training samples as one
+  conversation, every answer with loss (the file's own conversations are kept as they are and
+  never used as links).
+* **off-topic**: where the file has a beyond-scope block, its refusal on generated off-topic
+  prompts (:func:`off_topic_prompts`, built in; prompts that share a content word with a
+  prompt of the file are left out).
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+MAX_CHAIN_TURNS = 4
+#: Generated off-topic questions per file (where it has a beyond-scope block).
+OFF_TOPIC_MIN, OFF_TOPIC_MAX = 20, 150
+
+#: Generic system prompts seen in training (a role and an instruction, combined).  Eval's
+#: client system prompts ("You are a helpful assistant." ...) are not among them.
+_ROLES = ("You are a knowledgeable guide.", "You are an expert tutor.",
+          "You are a concise support agent.", "You are a patient teacher.",
+          "You are a reliable reference assistant.", "You are a calm and precise helper.",
+          "Act as a friendly advisor.", "You are a documentation bot.",
+          "You are Nova, an assistant built by a small team.",
+          "You are Atlas, a chatbot made by a software company.",
+          "The following is a conversation with an assistant.",
+          "You are a virtual assistant on a website.")
+_RULES = ("", " Keep replies short.", " Be accurate.", " Answer in plain English.",
+          " Reply clearly and politely.", " Use simple words.")
+GENERIC_SYSTEMS: Tuple[str, ...] = tuple(r + x for r in _ROLES for x in _RULES)
+
+_CONTRACTIONS = (("what is", "what's"), ("how is", "how's"), ("it is", "it's"),
+                 ("do not", "don't"), ("does not", "doesn't"), ("is not", "isn't"),
+                 ("can not", "can't"), ("cannot", "can't"), ("i am", "i'm"),
+                 ("where is", "where's"), ("who is", "who's"), ("that is", "that's"),
+                 ("there is", "there's"), ("you are", "you're"), ("let us", "let's"))
+#: Filler (eval's unseen families, greetings and thanks, are not among them).
+_PREFIXES = ("please ", "can you tell me ", "could you tell me ", "quick question: ",
+             "i'd like to know ", "tell me ", "so, ", "i wonder, ")
+_SUFFIXES = (" please", ", please", " for me", " exactly")
+_WORD = re.compile(r"[A-Za-z]{4,}")
+
+
+def _key(text: str) -> str:
+    """Case, spacing and punctuation ignored (what 'the same prompt' means for leaks)."""
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+# ------------------------------------------------------------------------- surface forms
+def _case(p: str, r: random.Random) -> str:
+    k = r.randrange(3)
+    if k == 0:
+        return p.lower()
+    if k == 1:
+        return p[:1].lower() + p[1:]
+    return p.upper() if len(p) < 40 and r.random() < 0.3 else p.capitalize()
+
+
+def _punct(p: str, r: random.Random) -> str:
+    s = p.rstrip()
+    if s and s[-1] in "?.!":
+        return s[:-1] if r.random() < 0.7 else s + s[-1]
+    return s + r.choice("?.")
+
+
+def _typo(p: str, r: random.Random) -> str:
+    words = [(m.start(), m.end()) for m in _WORD.finditer(p)]
+    if not words:
+        return p
+    a, b = r.choice(words)
+    w = p[a:b]
+    i = r.randrange(1, len(w) - 1)
+    k = r.randrange(3)
+    if k == 0:
+        w = w[:i] + w[i + 1:]                       # dropped
+    elif k == 1:
+        w = w[:i] + w[i] + w[i:]                    # doubled
+    else:
+        w = w[:i] + w[i + 1] + w[i] + w[i + 2:]     # swapped
+    return p[:a] + w + p[b:]
+
+
+def _contraction(p: str, r: random.Random) -> str:
+    low = p.lower()
+    pairs = [(a, b) for a, b in _CONTRACTIONS if re.search(rf"\b{re.escape(a)}\b", low)]
+    pairs += [(b, a) for a, b in _CONTRACTIONS if re.search(rf"\b{re.escape(b)}\b", low)]
+    if not pairs:
+        return p
+    a, b = r.choice(pairs)
+    m = re.search(rf"\b{re.escape(a)}\b", low)
+    rep = b if not p[m.start()].isupper() else b[:1].upper() + b[1:]
+    return p[:m.start()] + rep + p[m.end():]
+
+
+def _filler(p: str, r: random.Random) -> str:
+    if r.random() < 0.6:
+        return r.choice(_PREFIXES) + p[:1].lower() + p[1:]
+    s = p.rstrip()
+    end = s[-1] if s and s[-1] in "?.!" else ""
+    return s[:len(s) - len(end)] + r.choice(_SUFFIXES) + end
+
+
+def _spacing(p: str, r: random.Random) -> str:
+    spaces = [i for i, c in enumerate(p) if c == " "]
+    k = r.randrange(3)
+    if k == 0 and spaces:
+        i = r.choice(spaces)
+        return p[:i] + "  " + p[i + 1:]
+    if k == 1:
+        return " " + p + " "
+    s = p.rstrip()
+    if s and s[-1] in "?.!" and s[-2:-1] != " ":
+        return s[:-1] + " " + s[-1]
+    return p + " "
+
+
+#: The training surface families (eval's unseen variants use others).
+FAMILIES = {"case": _case, "punctuation": _punct, "typo": _typo, "contraction": _contraction,
+            "filler": _filler, "spacing": _spacing}
+
+
+def surface_variants(prompt: str, n: int, seed: int) -> List[str]:
+    """Up to ``n`` distinct variants of ``prompt`` (each one or two families), seeded."""
+    out: List[str] = []
+    names = sorted(FAMILIES)
+    for k in range(4 * n):
+        if len(out) >= n:
+            break
+        r = random.Random(f"poppins-surface:{seed}:{k}:{prompt}")
+        v = prompt
+        for fam in r.sample(names, r.choice((1, 1, 2))):
+            v = FAMILIES[fam](v, r)
+        if v.strip() and v != prompt and v not in out:
+            out.append(v)
+    return out
+
+
+# ------------------------------------------------------------------------- off-topic
+_OFF_TEMPLATES = (
+    "Who won the {event} last year?", "What's the weather like in {city} today?",
+    "Can you recommend a good {media}?", "How do I get from the airport to {city} center?",
+    "Write a short poem about {thing}.", "Tell me a joke about {thing}.",
+    "What is the capital of {country}?", "How tall is {landmark}?",
+    "When was {landmark} built?", "What do {animal} eat?", "How long do {animal} live?",
+    "Translate 'good morning' into {language}.", "What time is it in {city} right now?",
+    "Who is the most famous {person} of all time?", "Plan a weekend trip to {city} for me.",
+    "What should I name my new {pet}?", "Is {thing} better than {thing2}?",
+    "How many people live in {country}?", "Which {media} won the most awards?",
+    "Give me a workout plan for {day}.", "What's a good gift for my {relative}?",
+    "Summarize the plot of a famous {media}.", "What are the rules of {game}?",
+    "Who is the president of {country}?", "How do I cook {food}?", "What's the score of the "
+    "{game} match?", "Can you sing a song about {thing}?", "Where can I buy {food}?",
+    "What is the best {media} this year?", "How do I train my {pet}?",
+    "What's the history of {landmark}?", "Do you like {thing2}?", "Tell me about {person}s.",
+    "What happened in {country} yesterday?", "How far is {city} from {city2}?",
+)
+_FILL = {
+    "event": ("marathon", "chess championship", "song contest", "cycling tour", "regatta"),
+    "city": ("Lisbon", "Nairobi", "Osaka", "Montreal", "Lima", "Oslo", "Hanoi", "Zagreb"),
+    "media": ("novel", "podcast", "sitcom", "board game", "thriller", "cookbook"),
+    "thing": ("penguins", "autumn leaves", "umbrellas", "lighthouses", "bicycles", "the moon"),
+    "thing2": ("tea", "chocolate", "skiing", "camping", "gardening"),
+    "country": ("Peru", "Norway", "Kenya", "Vietnam", "Croatia", "Chile", "Mongolia"),
+    "landmark": ("the Eiffel Tower", "Mount Kilimanjaro", "the Colosseum", "Big Ben"),
+    "animal": ("giraffes", "koalas", "hamsters", "dolphins", "owls", "tortoises"),
+    "language": ("Swahili", "Finnish", "Portuguese", "Korean", "Dutch"),
+    "person": ("painter", "sculptor", "tenor", "chef", "explorer"),
+    "pet": ("kitten", "puppy", "parrot", "goldfish", "rabbit"),
+    "day": ("Monday", "the weekend", "a rainy afternoon"),
+    "relative": ("grandmother", "uncle", "cousin", "sister"),
+    "food": ("risotto", "pancakes", "sushi", "lasagna", "dumplings"),
+    "city2": ("Berlin", "Cairo", "Denver", "Madrid", "Seoul"),
+    "game": ("badminton", "backgammon", "curling", "mahjong", "water polo"),
+}
+
+
+def off_topic_prompts(n: int, seed: int, avoid: Iterable[str] = ()) -> List[str]:
+    """``n`` (at most) distinct generated off-topic questions; a question whose subject has a
+    word (4+ letters) from ``avoid`` is left out (it may be in the file's scope)."""
+    avoid = {w.casefold() for w in avoid}
+    r = random.Random(f"poppins-offtopic:{seed}")
+    out, seen = [], set()
+    for _ in range(40 * n + 200):
+        if len(out) >= n:
+            break
+        t = r.choice(_OFF_TEMPLATES)
+        fills: List[str] = []
+
+        def fill(m):
+            fills.append(r.choice(_FILL[m.group(1)]))
+            return fills[-1]
+        q = re.sub(r"\{(\w+)\}", fill, t)
+        if q in seen:
+            continue
+        seen.add(q)
+        if any(w.casefold() in avoid for f in fills for w in _WORD.findall(f)):
+            continue
+        out.append(q)
+    return out
+
+
+# ------------------------------------------------------------------------- the whole set
+def system_dependent_prompts(samples: Sequence) -> set:
+    """Keys of the prompts whose answer differs under different system prompts in the file."""
+    answers = defaultdict(set)
+    for s in samples:
+        answers[_key(s.prompt)].add((s.system, s.items, s.thought, s.turns))
+    out = set()
+    for k, a in answers.items():
+        if len({(x[1], x[2], x[3]) for x in a}) > 1 and len({x[0] for x in a}) > 1:
+            out.add(k)
+    return out
+
+
+def augment(sset, seed: int, surface_forms: int = 2,
+            beyond: Optional[Sequence] = None) -> Tuple[List, Dict[str, int]]:
+    """The augmented training samples of ``sset`` (a SampleSet) and their counts by family.
+    ``beyond``: the file's beyond-scope samples (their refusal is taught on generated
+    off-topic prompts); None to take them from ``sset`` (samples whose origin is the block)."""
+    from . import Sample, Turn
+    everything = [s for g in sset.groups for s in g]
+    dependent = system_dependent_prompts(everything)
+    val_exact = {s.prompt for s in sset.val}
+    val_keys = {_key(s.prompt) for s in sset.val}
+    default = sset.default_system
+    counts = {"system": 0, "surface": 0, "chains": 0, "off_topic": 0}
+    out: List = []
+
+    def generic(text: str, k: int = 0) -> str:
+        return random.Random(f"poppins-system:{seed}:{k}:{text}").choice(GENERIC_SYSTEMS)
+
+    def copy(s, **kw):
+        d = dict(prompt=s.prompt, items=s.items, system=s.system, thought=s.thought,
+                 origin=s.origin, variant="", turns=s.turns)
+        d.update(kw)
+        return Sample(**d)
+
+    for s in sset.train:
+        free = _key(s.prompt) not in dependent
+        systems = [None, default, generic(s.prompt)] if free else [s.system]
+        seen = {s.system}
+        for sy in systems:
+            if sy not in seen:
+                seen.add(sy)
+                out.append(copy(s, system=sy, variant="augment:system"))
+                counts["system"] += 1
+        if surface_forms:
+            own_key = _key(s.prompt)
+            for k, v in enumerate(surface_variants(s.prompt, surface_forms, seed)):
+                if v in val_exact or (_key(v) in val_keys and _key(v) != own_key):
+                    continue   # never a validation prompt in training
+                choices = [s.system, None, default, generic(s.prompt, k + 1)] if free \
+                    else [s.system]
+                sy = random.Random(f"poppins-surface-system:{seed}:{k}:{s.prompt}") \
+                    .choice(choices)
+                out.append(copy(s, prompt=v, system=sy, variant="augment:surface"))
+                counts["surface"] += 1
+
+    links = [s for s in sset.train if not s.turns and _key(s.prompt) not in dependent]
+    if len(links) >= 2:
+        r = random.Random(f"poppins-chains:{seed}")
+        for _ in range(len(links)):
+            chain = r.sample(links, min(len(links), r.randint(2, MAX_CHAIN_TURNS)))
+            first = chain[0]
+            sy = r.choice([None, default, default, r.choice(GENERIC_SYSTEMS)])
+            out.append(copy(first, system=sy, origin=first.origin,
+                            variant="augment:conversation",
+                            turns=tuple(Turn(c.prompt, c.items, c.thought) for c in chain[1:])))
+            counts["chains"] += 1
+
+    if beyond is None:   # the beyond-scope groups come last (poppins.samples)
+        beyond = [g[0] for g in sset.groups[len(sset.groups) - sset.beyond_scope:]] \
+            if sset.beyond_scope else []
+    if beyond:
+        b = beyond[0]
+        words = set()
+        for s in everything:
+            if s in beyond:
+                continue
+            words.update(_WORD.findall(s.prompt))
+        # about one off-topic question per two in-scope training samples (between
+        # OFF_TOPIC_MIN and OFF_TOPIC_MAX), so the refusal never outweighs a small file
+        in_scope = len([s for s in sset.train if s not in set(beyond)])
+        n = min(OFF_TOPIC_MAX, max(OFF_TOPIC_MIN, in_scope // 2))
+        for q in off_topic_prompts(n, seed, avoid=words):
+            if q in val_exact:
+                continue
+            sy = random.Random(f"poppins-offtopic-system:{seed}:{q}").choice(
+                [b.system, None, default, generic(q)])
+            out.append(copy(b, prompt=q, system=sy, turns=(), variant="augment:off-topic"))
+            counts["off_topic"] += 1
+    return out, counts

@@ -1,0 +1,197 @@
+"""Training augmentation (poppins.samples.augment) and stop-when-learned (the trainer)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from poppins.datastage import prepare_data
+from poppins.samples import build_samples
+from poppins.samples import augment as A
+from poppins.trainxml import read_train_xml
+
+REPO = Path(__file__).resolve().parent.parent
+CURRENT = REPO / "tests" / "data" / "current" / "train.xml"
+CONV = REPO / "tests" / "data" / "conversation" / "train.xml"
+
+
+def write(tmp_path, text, name="train.xml"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+SYSDEP = """<train>
+  <system-prompts><system id="sy::a">You talk about apples.</system>
+    <system id="sy::b">You talk about bananas.</system></system-prompts>
+  <prompts><prompt id="p::color">What color is it?</prompt><prompt id="p::fruit">Is it a fruit?</prompt>
+    <prompt id="p::n">How many seeds are there?</prompt></prompts>
+  <responses><response id="r::red">Red.</response><response id="r::yellow">Yellow.</response>
+    <response id="r::yes">Yes.</response><response id="r::many">Many.</response></responses>
+  <samples>
+    <sample-ids prompt="p::color" response="r::red" system="sy::a"/>
+    <sample-ids prompt="p::color" response="r::yellow" system="sy::b"/>
+    <sample-ids prompt="p::fruit" response="r::yes" system="sy::a"/>
+    <sample-ids prompt="p::n" response="r::many" system="sy::a"/>
+  </samples>
+</train>"""
+
+
+def _sset(path, seed=1337):
+    return build_samples(read_train_xml(path), seed=seed)
+
+
+def test_system_dependent_prompts_keep_their_own_system(tmp_path):
+    sset = _sset(write(tmp_path, SYSDEP))
+    extra, counts = A.augment(sset, 1337, surface_forms=3)
+    assert A.system_dependent_prompts(sset.train) == {"what color is it"}
+    color = [s for s in extra if A._key(s.prompt) == "what color is it"
+             or s.items[0].text in ("Red.", "Yellow.")]
+    assert color and all(s.system == {"Red.": "You talk about apples.",
+                                      "Yellow.": "You talk about bananas."}[s.items[0].text]
+                         for s in color)
+    assert not any(s.turns and "Red." in [t.items[0].text for t in s.turns] for s in extra)
+    fruit = [s.system for s in extra if s.prompt == "Is it a fruit?"]
+    assert None in fruit and any(sy in A.GENERIC_SYSTEMS for sy in fruit)
+    # the default system prompt is the most common one: sy::a, the sample's own already
+    assert counts["system"] == 4   # two free prompts x (none, generic)
+
+
+def test_surface_variants_are_seeded_distinct_and_never_a_validation_prompt(tmp_path):
+    v1 = A.surface_variants("What is the capital of France?", 6, 7)
+    assert v1 == A.surface_variants("What is the capital of France?", 6, 7)
+    assert v1 != A.surface_variants("What is the capital of France?", 6, 8)
+    assert len(set(v1)) == len(v1) == 6 and "What is the capital of France?" not in v1
+    sset = _sset(CURRENT)
+    assert sset.val
+    extra, counts = A.augment(sset, 1337, surface_forms=8)
+    assert counts["surface"] > 0
+    val_exact = {s.prompt for s in sset.val}
+    own = {A._key(s.prompt) for s in sset.train}
+    for s in extra:
+        assert s.prompt not in val_exact or s.variant == "augment:conversation"
+        if s.variant == "augment:surface":
+            assert A._key(s.prompt) in own or A._key(s.prompt) not in \
+                {A._key(v) for v in val_exact}
+    assert not A.augment(sset, 1337, surface_forms=0)[1]["surface"]
+
+
+def test_each_family_is_covered():
+    r = __import__("random").Random(3)
+    assert A._typo("Hello world", r) != "Hello world"
+    assert A._contraction("What is poppins?", r) == "What's poppins?"
+    assert A._contraction("What's poppins?", r) == "What is poppins?"
+    assert A._punct("Hi?", __import__("random").Random(0)) in ("Hi", "Hi??")
+    assert A._filler("Who are you?", r) != "Who are you?"
+    assert A._spacing("Who are you?", r) != "Who are you?"
+
+
+def test_conversations_chain_training_samples_and_keep_the_files_own(tmp_path):
+    sset = _sset(CURRENT)
+    extra, counts = A.augment(sset, 1337)
+    chains = [s for s in extra if s.variant == "augment:conversation"]
+    assert counts["chains"] == len(chains) > 0
+    singles = {(s.prompt, s.items) for s in sset.train if not s.turns}
+    for c in chains:
+        assert 2 <= 1 + len(c.turns) <= A.MAX_CHAIN_TURNS
+        assert (c.prompt, c.items) in singles
+        assert all((t.prompt, t.items) in singles for t in c.turns)
+    # the file's real conversations stay as written and are never links of a chain
+    csset = _sset(CONV)
+    cextra, _ = A.augment(csset, 1337)
+    assert not [s for s in cextra if s.variant == "augment:conversation"]
+    for s in cextra:
+        orig = next(o for o in csset.train if o.items == s.items)
+        assert s.turns == orig.turns
+
+
+def test_off_topic_refusals_only_with_a_beyond_scope_block(tmp_path):
+    sset = _sset(CURRENT)
+    extra, counts = A.augment(sset, 1337)
+    off = [s for s in extra if s.variant == "augment:off-topic"]
+    assert counts["off_topic"] == len(off) >= A.OFF_TOPIC_MIN
+    refusal = sset.groups[-1][0].items
+    assert all(s.items == refusal and not s.turns for s in off)
+    file_prompts = {s.prompt for g in sset.groups for s in g}
+    assert not file_prompts & {s.prompt for s in off}
+    assert A.off_topic_prompts(40, 1) == A.off_topic_prompts(40, 1)
+    assert not [q for q in A.off_topic_prompts(200, 1, avoid=["Lisbon"]) if "Lisbon" in q]
+    no_block = _sset(write(tmp_path, SYSDEP))
+    assert A.augment(no_block, 1337)[1]["off_topic"] == 0
+    # eval's off-topic probes (tests/data, written separately) are never trained on
+    for probe in REPO.glob("tests/data/**/*probe*"):
+        if probe.is_file():
+            text = probe.read_text(encoding="utf-8", errors="replace")
+            assert not [q for q in A.off_topic_prompts(400, 1337) if q in text], probe
+
+
+def test_data_stage_stores_augmentation_after_the_files_samples(tmp_path, capsys):
+    res = prepare_data(CURRENT, tmp_path / "a", seed=3)
+    out = capsys.readouterr().out
+    aug = res.manifest["samples"]["augmented"]
+    assert f"augment  +{aug['total']} training samples" in out
+    from poppins.corpus import tokens as T
+    _, index = T.read_bins(tmp_path / "a", "train")
+    assert len(index) == res.manifest["samples"]["train"] + aug["total"]
+    prepare_data(CURRENT, tmp_path / "b", seed=3, log=None)
+    for name in ("train_corpus.bin", "train_index.bin", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    off = prepare_data(CURRENT, tmp_path / "c", seed=3, log=None, surface_forms=0)
+    assert off.manifest["samples"]["augmented"]["surface"] == 0
+    assert off.manifest["surface_forms"] == 0
+    plain = prepare_data(CURRENT, tmp_path / "d", seed=3, log=None, augment=False)
+    assert plain.manifest["samples"]["augmented"]["total"] == 0
+    _, index = T.read_bins(tmp_path / "d", "train")
+    assert len(index) == plain.manifest["samples"]["train"]
+
+
+SMALL = """<train>
+  <prompts>
+    <prompt id="p1">What is the boiling point of water?</prompt>
+    <prompt id="p2">Which gas do plants take in?</prompt>
+    <prompt id="p3">What is the largest planet?</prompt>
+    <prompt id="p4">How many legs does a spider have?</prompt>
+    <prompt id="p5">What is frozen water called?</prompt>
+    <prompt id="p6">Which metal is liquid at room temperature?</prompt>
+  </prompts>
+  <responses>
+    <response id="r1">100 degrees Celsius at sea level.</response>
+    <response id="r2">Carbon dioxide.</response>
+    <response id="r3">Jupiter.</response>
+    <response id="r4">Eight.</response>
+    <response id="r5">Ice.</response>
+    <response id="r6">Mercury.</response>
+  </responses>
+  <samples>
+    <sample-ids prompt="p1" response="r1"/><sample-ids prompt="p2" response="r2"/>
+    <sample-ids prompt="p3" response="r3"/><sample-ids prompt="p4" response="r4"/>
+    <sample-ids prompt="p5" response="r5"/><sample-ids prompt="p6" response="r6"/>
+  </samples>
+</train>"""
+
+
+def test_a_small_file_trains_until_learned_and_greedy_agrees(tmp_path):
+    from poppins.training import train
+    from poppins.training.generate import exact_answer_rate
+    from poppins.training.trainer import load_trained
+    path = write(tmp_path, SMALL)
+    r = train(path, tmp_path / "o", overrides=dict(dim=64, layers=2, heads=2, threads=1,
+                                                   val_interval=25, warmup_steps=10, lr=1e-2,
+                                                   surface_forms=1),
+              log=None, progress_stream=open(os.devnull, "w"))
+    assert r.total_steps >= 1 and r.learned_step is not None, r.learned
+    assert r.stopped == "learned"
+    assert r.steps == r.learned_step + math.ceil(0.25 * r.learned_step)
+    assert r.learned == (6, 6)
+    # teacher-forced argmax of every answer token == greedy reproduction
+    model = load_trained(tmp_path / "o", threads=1)
+    ids_rate, misses = exact_answer_rate(model, tmp_path / "o", limit=6)
+    assert ids_rate == 1.0, misses
+
+
+def test_training_augmentation_is_disjoint_from_evals_held_out_cases():
+    from poppins import evaluation as E
+    assert not set(A.GENERIC_SYSTEMS) & set(E.CLIENT_SYSTEM_PROMPTS)
+    greetings, thanks = ("hi, ", "hello! ", "hey there, "), (" Thanks!", " thank you", " Thanks.")
+    assert not [p for p in A._PREFIXES if p in greetings]
+    assert not [x for x in A._SUFFIXES if x.strip(" ,").lower().startswith("thank")]
