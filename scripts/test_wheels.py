@@ -189,6 +189,8 @@ def kernel_tests(env: Env, cpu: str, cpu_env: dict, tests_src: Path) -> None:
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(tests_src / "tests", d / "tests")   # with tests/data
     shutil.copy2(tests_src / "conftest.py", d / "conftest.py")
+    (d / "scripts").mkdir()   # test_modelfile's hostile-header cases use the fuzzer's fixture
+    shutil.copy2(tests_src / "scripts" / "fuzz.py", d / "scripts" / "fuzz.py")
     # an ini file makes this folder pytest's rootdir: nothing from the checkout is loaded
     (d / "pytest.ini").write_text("[pytest]\naddopts = -ra\nmarkers =\n    slow: long\n")
     e = dict(cpu_env)
