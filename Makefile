@@ -5,8 +5,9 @@
 #   make build   (re)build the compiled extensions in place (incremental)
 #   make clean   remove build outputs
 #   make fuzz    hostile-input fuzzing: FUZZ_CASES (default 100000) mutated model files,
-#                checkpoints, tokenizer.json, train.xml and memory DBs; each must work or
-#                give a PoppinsError naming the file, within 10 s (scripts/fuzz.py)
+#                checkpoints, tokenizer.json, train.xml, memory DBs and eval probes files
+#                (each must work or give a PoppinsError naming the file) and CLI command
+#                lines (exit 0 or 2, no traceback), within 10 s each (scripts/fuzz.py)
 #   make wheels  sdist + manylinux wheels (x86_64; aarch64/armv7l cross-built) into dist/
 #   make test-wheels  each wheel on its architecture (ARM under qemu-user)
 # Knobs: PYTHON=python3.x, POPPINS_NO_OPENMP=1 (build without OpenMP),
@@ -46,7 +47,8 @@ info: build
 FUZZ_CASES ?= 100000
 FUZZ_SEED ?= 1
 fuzz: build
-	nice $(PYTHON) scripts/fuzz.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
+	nice $(PYTHON) scripts/fuzz.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) \
+		--kinds model checkpoint tokenizer trainxml memory cli probes
 
 test-arm:
 	bash scripts/test_arm.sh

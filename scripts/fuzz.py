@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fuzz the files a user can hand poppins: model files, checkpoints, tokenizer.json, train.xml
-(with imports) and the chat memory database.
+(with imports), the chat memory database and eval probes files; and its command lines.
 
     python scripts/fuzz.py --cases 100000            # spread over the kinds (make fuzz)
     python scripts/fuzz.py --cases 500 --kinds model  # one kind
@@ -17,6 +17,13 @@ exception, MemoryError, a case over --timeout seconds, a crashed worker) is a fa
 refused input must also be left byte-identical, and so must the previous data-stage output
 (a memory database that opened and was written to is no longer "refused": damage SQLite
 finds only on a later page read is still a clean error, but after normal writes).
+
+The ``cli`` kind runs ``poppins.cli.main(argv)`` in-process (infer, tokenize, eval --max-cases
+1, train --data-only, chat with an empty stdin, serve with a missing model so nothing binds)
+with hostile numbers (2**63, 5000 digits, nan, inf, 1e400, '\u00b2', empty, unicode digits),
+unknown flags and missing values: it must exit 0 or 2 (argparse's SystemExit included) with no
+traceback, and an error's stderr must be at most 21 lines naming a flag or file.  The ``probes``
+kind mutates an eval probes file (bytes and XML structure) for ``read_probes``.
 
 Cases run in worker processes (one per kind, restarted after a crash); the exit code is 1 when
 any case failed.  The library entry points are ``make_fixture``, ``gen_case`` and ``run_case``
@@ -48,9 +55,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-KINDS = ("model", "checkpoint", "tokenizer", "trainxml", "memory")
-#: share of the cases per kind (train.xml cases are the slowest)
-WEIGHTS = {"model": 0.22, "checkpoint": 0.22, "tokenizer": 0.22, "trainxml": 0.12, "memory": 0.22}
+KINDS = ("model", "checkpoint", "tokenizer", "trainxml", "memory", "cli", "probes")
+#: share of the cases per kind (train.xml and command-line cases are the slowest)
+WEIGHTS = {"model": 0.17, "checkpoint": 0.17, "tokenizer": 0.17, "trainxml": 0.10,
+           "memory": 0.17, "cli": 0.08, "probes": 0.14}
 
 HOSTILE_NUMBERS = [0, -1, 1, 2, 3, 7, 63, 64, 65, 255, 256, 1 << 16, 2 ** 31 - 1, 2 ** 31,
                    2 ** 32, 2 ** 63 - 1, 2 ** 63, 2 ** 64, 10 ** 9, 10 ** 12, 10 ** 20, -(2 ** 63),
@@ -124,6 +132,21 @@ PART_XML = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+PROBES_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- probes of the fuzz train.xml -->
+<probes>
+  <paraphrases>
+    <paraphrase expect="pr::cat">Tell me what a cat is.</paraphrase>
+    <paraphrase expect="pr::dog" system="Be brief.">what is a dog</paraphrase>
+  </paraphrases>
+  <off-topic>
+    <question>What is the capital of France?</question>
+    <question system="">How do I bake bread?</question>
+  </off-topic>
+</probes>
+"""
+
+
 class Fixture:
     """The valid files the mutations start from, in ``root``."""
 
@@ -183,6 +206,7 @@ class Fixture:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")   # all in the main file, still WAL
         con.close()
         self.db_bytes = self.db_path.read_bytes()
+        self.probes_xml = PROBES_XML
 
 
 def _tree_bytes(folder: Path) -> Dict[str, bytes]:
@@ -379,6 +403,10 @@ def gen_case(kind: str, fx: Fixture, rng: random.Random) -> Dict[str, Any]:
         return _gen_trainxml(fx, rng)
     if kind == "memory":
         return _gen_memory(fx, rng)
+    if kind == "cli":
+        return _gen_cli(fx, rng)
+    if kind == "probes":
+        return _gen_probes(fx, rng)
     raise ValueError(kind)
 
 
@@ -503,6 +531,143 @@ def _gen_memory(fx: Fixture, rng: random.Random) -> Dict[str, Any]:
     return {"files": {"memory.db": data}, "sql": picked}
 
 
+# ----------------------------------------------------------------------------- cli, probes
+
+#: hostile command-line numbers (strings): huge, negative, zero, not finite, not ASCII, empty
+CLI_NUMBERS = ["0", "-1", "1", "-0", "2", str(2 ** 31), str(2 ** 63), str(-(2 ** 63)),
+               str(2 ** 64), "9" * 4300, "9" * 5000, "1" + "0" * 400, "nan", "-nan", "inf",
+               "-inf", "Infinity", "\u00b2", "1e400", "-1e400", "1e-400", "", " ", "0x10",
+               "1_000", "\u0663", "\uff11\uff12", "1.5", "-0.5", "0.0", "\x00", "--",
+               "4e9", "65536", "99999"]
+_GEN_INT = ["-n", "--n-predict", "-c", "--ctx-size", "-t", "--threads", "-s", "--seed",
+            "--top-k", "--repeat-last-n"]
+_GEN_FLOAT = ["--temp", "--top-p", "--min-p", "--repeat-penalty"]
+_TRAIN_NUM = ["--val-fraction", "--max-xml-mb", "--seed", "--threads", "--dim", "--layers",
+              "--heads", "--kv-heads", "--context", "--steps", "--epochs", "--batch-size",
+              "--grad-accum", "--lr", "--warmup-steps", "--weight-decay", "--val-interval",
+              "--aim-loss", "--checkpoint-interval"]
+_SERVE_NUM = ["--port", "--parallel", "--queue", "--max-tokens", "--max-body-kb", "--timeout",
+              "-t", "--threads"]
+_EVAL_NUM = ["--max-cases", "--min-recall", "-t", "--threads"]
+_UNKNOWN = ["--zzz", "-Z", "--top_k", "--temp=", "---", "--n-predict=5=5", "--\u00e9", "-nn",
+            "--top-k=--", "-n--", "--stop=--"]
+#: names an error may use for a flag instead of its spelling (``top_k must be ...``)
+_FLAG_NAMES = {"-n": ["max_tokens", "n-predict"], "--n-predict": ["max_tokens"],
+               "-c": ["ctx-size", "context"], "--ctx-size": ["context"],
+               "-t": ["threads"], "-s": ["seed"], "--temp": ["temperature"],
+               "--repeat-penalty": ["repeat_penalty", "repeat-penalty"]}
+
+
+def _valid_int(text: str) -> Optional[int]:
+    try:
+        v = int(text)
+    except ValueError:
+        return None
+    return v if v >= 0 else None
+
+
+def _gen_cli(fx: Fixture, rng: random.Random) -> Dict[str, Any]:
+    """argv for ``poppins.cli.main`` with {model}, {out}, {xml}, {dir} placeholders."""
+    cmd = rng.choice(["infer", "infer", "tokenize", "eval", "train", "serve", "chat"])
+    if cmd == "infer":
+        argv = ["infer", "-m", "{model}", "-p", rng.choice(["What is a cat?", "", "\u00e9\ud800"]),
+                "-n", "4", "-t", "1"]
+        pool = _GEN_INT + _GEN_FLOAT
+    elif cmd == "chat":
+        argv = ["chat", "-m", "{model}", "--db", "{dir}/memory.db", "-n", "2", "-t", "1"]
+        pool = _GEN_INT + _GEN_FLOAT
+    elif cmd == "tokenize":
+        argv = ["tokenize", "-m", "{out}", "-p", rng.choice(["What is a cat?", "", "a\ud800b",
+                                                             "<sample>x</sample>"])]
+        argv += rng.choice([[], ["--plain"], ["--ids-only"]])
+        pool = []
+    elif cmd == "eval":
+        argv = ["eval", "-m", "{model}", "-i", "{xml}", "--max-cases", "1", "-t", "1"]
+        argv += rng.choice([[], ["--json"], ["--probes", "{probes}"]])
+        pool = _EVAL_NUM
+    elif cmd == "train":
+        argv = ["train", "--data-only", "-i", "{xml}", "-o", "{dir}/out"]
+        pool = _TRAIN_NUM
+    else:   # serve: a model that does not exist, so nothing ever binds a port
+        argv = ["serve", "-m", "{dir}/no-such-model", "--port", "0"]
+        pool = _SERVE_NUM
+    n_num = rng.choice([1, 1, 2, 3]) if pool else 0
+    if cmd == "chat" or cmd == "serve":
+        n_num = max(1, n_num)
+    for _ in range(n_num):
+        flag = rng.choice(pool)
+        val = rng.choice(CLI_NUMBERS)
+        if flag == "--max-cases" and _valid_int(val) not in (None, 1):
+            val = "1"   # 0 and big counts mean every case: slow, not hostile
+        if rng.random() < 0.15:
+            argv += [f"{flag}={val}"]
+        else:
+            argv += [flag, val]
+    r = rng.random()
+    if r < 0.1:
+        argv.insert(rng.randrange(1, len(argv) + 1), rng.choice(_UNKNOWN))
+    elif r < 0.18 and len(argv) > 2:   # a flag's value goes missing
+        argv = argv[:-1]
+    elif r < 0.22:
+        argv.insert(rng.randrange(1, len(argv) + 1), rng.choice(["-m", "-p", "-i"]))
+    return {"files": {}, "argv": argv, "stdin": ""}
+
+
+def _probe_snippets() -> List[str]:
+    return [
+        '<paraphrase expect="pr::cat"></paraphrase>',
+        '<paraphrase>no expect</paraphrase>',
+        '<paraphrase expect="">x</paraphrase>',
+        '<paraphrase expect="pr::cat" zzz="1">x</paraphrase>',
+        '<paraphrase expect="pr::cat">' + "x" * 100000 + '</paraphrase>',
+        '<paraphrase expect="pr::cat"><b>x</b></paraphrase>',
+        '<paraphrase expect="pr::cat">' + "<b>" * 300 + "</b>" * 300 + '</paraphrase>',
+        '<paraphrase expect="pr::\u00e9\u0000">x</paraphrase>',
+        '<paraphrase expect="' + "p" * 5000 + '">x</paraphrase>',
+        '<question expect="pr::cat">wrong section</question>',
+        '<question>&amp;&lt;&#0;</question>',
+        '<question>&#x10FFFF;&#xD800;</question>',
+        '<question system="' + "s" * 70000 + '">x</question>',
+        '<question>' + "q " * 40000 + '</question>',
+        '<unknown/>',
+        '<!-- c --><?pi x?>',
+        '<![CDATA[<paraphrase>]]>',
+        '<question xmlns="urn:x">x</question>',
+        '<question xml:lang="en">x</question>',
+        '<question ' + " ".join(f'a{i}="x"' for i in range(3000)) + '>x</question>',
+    ]
+
+
+def _gen_probes(fx: Fixture, rng: random.Random) -> Dict[str, Any]:
+    xml = fx.probes_xml
+    r = rng.random()
+    if r < 0.4:
+        for snip in rng.sample(_probe_snippets(), rng.choice([1, 1, 2])):
+            where = rng.choice(["<paraphrases>", "<off-topic>", "<probes>", "</probes>"])
+            i = xml.index(where) + (len(where) if not where.startswith("</") else 0)
+            xml = xml[:i] + snip + xml[i:]
+        data = xml.encode("utf-8", "surrogatepass")
+    elif r < 0.55:
+        data = rng.choice([
+            xml.replace("<probes>", "<train>").replace("</probes>", "</train>"),
+            xml.replace("<probes>", '<!DOCTYPE probes [<!ENTITY a "aaaa">]><probes>'),
+            xml.replace("<probes>", '<!DOCTYPE probes SYSTEM "/etc/passwd"><probes>'),
+            xml.replace("<probes>", "<probes>" + "<paraphrases>" * 5),
+            xml.replace("UTF-8", rng.choice(["latin-1", "utf-16", "ebcdic", "x"])),
+            xml.replace("<paraphrases>", "<paraphrases>" + '<paraphrase expect="pr::c">x'
+                        '</paraphrase>' * rng.choice([500, 20000])),
+            xml.replace("<probes>", '<probes a="1">'),
+            xml.split("<probes>")[0] + "<probes/>",
+            "", "\ufeff" + xml, xml + "<probes/>", xml + "\x00",
+            xml.replace("\n", "\r"),
+        ]).encode("utf-8", "surrogatepass")
+        if rng.random() < 0.2:
+            data = data.decode("utf-8").encode("utf-16")
+    else:
+        data = mutate_bytes(xml.encode("utf-8"), rng)
+    return {"files": {"probes.xml": data}}
+
+
 # ----------------------------------------------------------------------------- running
 
 class Hang(BaseException):
@@ -584,6 +749,62 @@ def _use_trainxml(folder: Path, out: Path, allow_outside: bool) -> None:
     prepare_data(folder / "train.xml", out, log=None, allow_outside_imports=allow_outside)
 
 
+def _use_cli(case: Dict[str, Any], fx: Fixture, folder: Path) -> Tuple[str, str]:
+    """Run ``poppins.cli.main`` in-process: ("ok" | "error" | "fail", detail)."""
+    import contextlib
+    import io
+
+    from poppins.cli import main as cli_main
+
+    subst = {"{model}": str(fx.model_path), "{out}": str(fx.out),
+             "{xml}": str(fx.root / "src" / "train.xml"), "{dir}": str(folder),
+             "{probes}": str(fx.root / "probes.xml")}
+    argv = []
+    for a in case["argv"]:
+        for k, v in subst.items():
+            a = a.replace(k, v)
+        argv.append(a)
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO(case.get("stdin", ""))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli_main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception as exc:   # noqa: B902 - nothing may escape main()
+                return "fail", (f"an exception escaped main({argv!r}):\n"
+                                + "".join(traceback.format_exception(exc))[-2500:])
+    finally:
+        sys.stdin = old_stdin
+    text = err.getvalue()
+    where = f"argv {argv!r}:\n{text[-2500:]}"
+    if code == 1 and "below --min-recall" in text and len(text.splitlines()) <= 21:
+        return "ok", ""   # eval's documented verdict, not an error
+    if code not in (0, 2):
+        return "fail", f"exit code {code}; {where}"
+    if "Traceback" in text:
+        return "fail", f"a traceback; {where}"
+    if code == 0:
+        return "ok", ""
+    lines = text.strip().splitlines()
+    if not lines or len(lines) > 21:
+        return "fail", f"{len(lines)} lines of error output; {where}"
+    names = set()
+    for a in argv:
+        if a.startswith("-") and len(a) > 1:
+            flag = a.split("=", 1)[0]
+            names.update([flag, flag.lstrip("-"), flag.lstrip("-").replace("-", "_")])
+            names.update(_FLAG_NAMES.get(flag, []))
+        elif "/" in a:
+            names.add(a)
+    names.update(["the following arguments are required", "unrecognized arguments"])
+    if not any(n and n in text for n in names):
+        return "fail", f"the error names no flag or file; {where}"
+    return "error", text.strip()[:300]
+
+
 def run_case(kind: str, case: Dict[str, Any], fx: Fixture, work: Path,
              timeout: float = 10.0) -> Tuple[str, str]:
     """("ok" | "error" | "fail", detail) of one case; "error" is a clean PoppinsError."""
@@ -598,11 +819,19 @@ def run_case(kind: str, case: Dict[str, Any], fx: Fixture, work: Path,
         if kind == "trainxml":
             out = folder / "out"
             shutil.copytree(fx.out, out)
+        if kind == "cli" and not (fx.root / "probes.xml").exists():
+            (fx.root / "probes.xml").write_text(fx.probes_xml, encoding="utf-8")
         old = signal.signal(signal.SIGALRM, _on_alarm)
         signal.setitimer(signal.ITIMER_REAL, timeout)
         t0 = time.monotonic()
         try:
-            if kind == "model":
+            cli_result = None
+            if kind == "cli":
+                cli_result = _use_cli(case, fx, folder)
+            elif kind == "probes":
+                from poppins.evaluation import read_probes
+                read_probes(paths["probes.xml"])
+            elif kind == "model":
                 _use_model(paths["model.poppins"])
             elif kind == "checkpoint":
                 _use_checkpoint(paths["last.ckpt"])
@@ -612,7 +841,7 @@ def run_case(kind: str, case: Dict[str, Any], fx: Fixture, work: Path,
                 _use_memory(paths["memory.db"], case)
             else:
                 _use_trainxml(folder, out, case.get("allow_outside", True))
-            outcome, detail = "ok", ""
+            outcome, detail = cli_result or ("ok", "")
         except PoppinsError as exc:
             msg = str(exc)
             if kind == "tokenizer" and "text to encode" in msg:

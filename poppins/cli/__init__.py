@@ -33,7 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a command that is not part of this build yet
             raise
         module.add_parser(sub)
+    parser.set_defaults(_subparsers=sub)
     return parser
+
+
+def _check_empty_values(parser: argparse.ArgumentParser, args) -> None:
+    """Python < 3.12 parses ``--flag=--`` (and ``-f--``) as an empty list instead of an error;
+    refuse it as argparse does ``--flag`` with no value (exit 2, naming the flag)."""
+    sub = getattr(args, "_subparsers", None)
+    sp = sub.choices.get(args.command, parser) if sub is not None else parser
+    for act in sp._actions:
+        if not act.option_strings or act.nargs is not None:
+            continue
+        v = getattr(args, act.dest, None)
+        if isinstance(act, argparse._StoreAction):
+            bad = isinstance(v, list) and not v
+        elif isinstance(act, argparse._AppendAction):
+            bad = isinstance(v, list) and any(isinstance(x, list) and not x for x in v)
+        else:
+            continue
+        if bad:
+            sp.error(f"argument {'/'.join(act.option_strings)}: expected one argument")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -42,6 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
+    _check_empty_values(parser, args)
     try:
         return int(args.run(args) or 0)
     except PoppinsError as exc:
