@@ -154,7 +154,7 @@ def _isa_of(path: str) -> str | None:
 def _target_can(isa: str) -> bool:
     """Cross-compilation hook: False for a SIMD unit the target architecture never runs.
     The dot-product units are AArch64-only (their files compile to nothing on 32-bit ARM),
-    yet a 32-bit ARM compiler accepts -march=armv8.2-a+dotprod: without this the armv7l
+    yet a 32-bit ARM compiler accepts the dot-product flag: without this the armv7l
     build would declare POPPINS_HAVE_NEONDOT for code that is not there."""
     plat = sysconfig.get_platform()     # follows _PYTHON_HOST_PLATFORM when cross-compiling
     arm32 = plat.startswith("linux-arm") and "aarch64" not in plat
