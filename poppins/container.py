@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -230,10 +231,7 @@ def array_nbytes(dtype, shape: Tuple[int, ...], _entry=None) -> Optional[int]:
     dt = ARRAY_DTYPES.get(dtype)
     if dt is None:
         return None
-    n = dt.itemsize
-    for d in shape:
-        n *= d
-    return n
+    return dt.itemsize * math.prod(shape)
 
 
 def write_container(path, magic: bytes, version: int, header: Mapping[str, Any],

@@ -160,10 +160,7 @@ def _tensor_nbytes(dtype, shape, entry) -> Optional[int]:
     dt = DENSE_DTYPES.get(dtype)
     if dt is None:
         return None
-    n = dt.itemsize
-    for d in shape:
-        n *= d
-    return n
+    return dt.itemsize * math.prod(shape)
 
 
 #: header field -> (accepted types, description)
