@@ -33,6 +33,12 @@ greeting before the question: "hi, ", "hello! ", "hey there, "), ``thanks`` (a t
 after it), and ``lower-bare`` (all lower case without the final punctuation), all drawn with
 ``EVAL_SEED``, which no training seed equals.
 
+``--url URL`` asks an OpenAI-compatible server instead of the model in-process: every case is a
+``POST URL/chat/completions`` (``temperature`` 0, ``max_tokens`` the case's budget) with the
+same messages, so ``poppins serve`` (or llama-server running the exported GGUF) is measured
+exactly as a client sees it.  The model folder still gives the tokenizer that renders the
+expected answers and the split.
+
 ``--min-recall X`` (0..1): exit code 1 when any recall row (every row but the wrongly-refused
 one) measures below X; rows with nothing to measure are skipped.
 """
@@ -322,10 +328,13 @@ def _manifest(model_dir: Path) -> Dict:
 
 def evaluate(model_dir=".poppins", train_xml="train.xml", probes=None,
              threads: Optional[int] = None, max_cases: Optional[int] = DEFAULT_MAX_CASES,
-             log: Optional[Callable[[str], None]] = None, model=None) -> Report:
+             log: Optional[Callable[[str], None]] = None, model=None,
+             url: Optional[str] = None, api_key: Optional[str] = None) -> Report:
     """Measure the model in ``model_dir`` on ``train_xml`` (and a probes file); see the module
     docstring.  ``max_cases``: cases per row (a seeded sample; None: all).  ``model``: an
-    already loaded :class:`poppins.Model` (else it is loaded from ``model_dir``)."""
+    already loaded :class:`poppins.Model` (else it is loaded from ``model_dir``).  ``url``:
+    the base URL of an OpenAI-compatible server (``http://127.0.0.1:8080/v1``) that answers
+    instead of the model (``api_key``: its bearer key)."""
     from .api import Model
     from .samples import DEFAULT_SEED, build_samples
     from .trainxml import read_train_xml
@@ -352,6 +361,7 @@ def evaluate(model_dir=".poppins", train_xml="train.xml", probes=None,
     if model is None:
         model = Model.load(model_dir, threads=threads)
     expect = _Expect(model)
+    asker = _Server(url, api_key) if url else model
 
     refusal = None
     b = doc.beyond_scope
@@ -459,7 +469,7 @@ def evaluate(model_dir=".poppins", train_xml="train.xml", probes=None,
                 lower=True, note="" if refusal is not None else "no <beyond-scope> block")
 
     total = sum(len(c) for _, c in work)
-    say(f"eval     {total} cases, model {model_dir}")
+    say(f"eval     {total} cases, model {model_dir}" + (f", answers from {url}" if url else ""))
     refused = scoped = 0
     scoped_rows = {"train-none", "val", "surface", "paraphrase"}
     for row, cases in work:
@@ -467,7 +477,7 @@ def evaluate(model_dir=".poppins", train_xml="train.xml", probes=None,
         if not row.population:
             row.population = len(cases)
         for c in cases:
-            got = _ask(model, c)
+            got = _ask(asker, c)
             ok = got == c.expected
             row.hits += ok
             if not ok and len(row.misses) < 200:
@@ -486,6 +496,55 @@ def evaluate(model_dir=".poppins", train_xml="train.xml", probes=None,
                   time.perf_counter() - t0, notes)
 
 
+class _Unreachable(PoppinsError):
+    """The server cannot answer at all: the measurement stops (a 400 is one case's miss)."""
+
+
+class _Server:
+    """An OpenAI-compatible chat endpoint in place of a Model: ``chat(messages, ...)`` returns
+    an object with ``.text``, the first choice's message content."""
+
+    def __init__(self, url: str, api_key: Optional[str] = None, timeout: float = 300.0):
+        from urllib.parse import urlsplit
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise PoppinsError(f"--url must be an http(s) URL such as http://127.0.0.1:8080/v1, "
+                               f"got {url!r}")
+        base = url.rstrip("/")
+        self.endpoint = base + ("/chat/completions" if base.endswith("/v1")
+                                else "/v1/chat/completions")
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = timeout
+
+    def chat(self, messages, temperature: float = 0.0, max_tokens: int = 256):
+        import types
+        import urllib.error
+        import urllib.request
+        body = json.dumps({"model": "poppins", "messages": messages, "temperature": temperature,
+                           "max_tokens": max_tokens, "stream": False}).encode()
+        req = urllib.request.Request(self.endpoint, data=body, headers=self.headers,
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                reply = json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(500).decode("utf-8", "replace")
+            # 400: this request was refused (e.g. longer than the context): a miss, as in-process;
+            # anything else (a wrong key or URL, a server error) stops the measurement
+            kind = PoppinsError if exc.code == 400 else _Unreachable
+            raise kind(f"{self.endpoint}: HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise _Unreachable(f"{self.endpoint}: {getattr(exc, 'reason', exc)}") from None
+        try:
+            text = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise _Unreachable(f"{self.endpoint}: not a chat completion: "
+                               f"{json.dumps(reply)[:200]}") from None
+        return types.SimpleNamespace(text=text if isinstance(text, str) else "")
+
+
 def _ask(model, case: Case) -> str:
     msgs = []
     if case.system is not None:
@@ -493,6 +552,8 @@ def _ask(model, case: Case) -> str:
     msgs += case.history + [{"role": "user", "content": case.prompt}]
     try:
         c = model.chat(msgs, temperature=0, max_tokens=case.budget)
+    except _Unreachable:
+        raise
     except PoppinsError as exc:   # e.g. a history longer than the context
         return f"<error: {exc}>"
     return c.text.strip()

@@ -197,3 +197,36 @@ def test_cli_json_and_min_recall(model_dir):
     r = subprocess.run(base + ["--min-recall", "2"], capture_output=True, text=True, cwd=ROOT,
                        env=env, timeout=600)
     assert r.returncode == 2 and "--min-recall must be" in r.stderr
+
+
+def test_eval_through_a_server_equals_in_process(model_dir, tmp_path):
+    """``--url``: the same cases asked through ``serve``'s /v1/chat/completions give the same
+    answers, row by row, as the model in-process; a wrong key or a dead server stops with a
+    clear error instead of counting misses."""
+    from poppins.api import Model
+    from poppins.server import serve
+
+    probes = write(tmp_path, "<probes><paraphrases>"
+                             "<paraphrase expect='pr::m::what'>what is poppins</paraphrase>"
+                             "</paraphrases><off-topic><question>Who won the 1998 World "
+                             "Cup?</question></off-topic></probes>")
+    model = Model.load(model_dir, threads=1)
+    local = E.evaluate(model_dir, TRAIN_XML, probes=probes, max_cases=6, model=model)
+    srv = serve(model, port=0, api_key="k3y")
+    try:
+        remote = E.evaluate(model_dir, TRAIN_XML, probes=probes, max_cases=6, model=model,
+                            url=srv.url + "/v1", api_key="k3y")
+        with pytest.raises(PoppinsError, match=r"/v1/chat/completions: HTTP 401"):
+            E.evaluate(model_dir, TRAIN_XML, probes=probes, max_cases=2, model=model,
+                       url=srv.url, api_key="wrong")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [r.key for r in remote.rows] == [r.key for r in local.rows]
+    for a, b in zip(local.rows, remote.rows):
+        assert (a.cases, a.hits, a.misses) == (b.cases, b.hits, b.misses), a.key
+    assert sum(r.cases for r in remote.rows) > 50
+    with pytest.raises(PoppinsError, match="127.0.0.1:9/v1/chat/completions"):
+        E.evaluate(model_dir, TRAIN_XML, max_cases=1, model=model, url="http://127.0.0.1:9/v1")
+    with pytest.raises(PoppinsError, match="--url must be an http"):
+        E.evaluate(model_dir, TRAIN_XML, max_cases=1, model=model, url="ftp://x")

@@ -58,6 +58,24 @@ def test_default_train_learns_the_bootstrap_answers(tmp_path):
     rep = evaluate(out, tmp_path / "train.xml",
                    probes=REPO / "tests" / "data" / "eval" / "example" / "probes.xml")
     print(rep.table())
+    bars(rep)
+
+    # and through `serve`, as an OpenAI client asks
+    from poppins.api import Model
+    from poppins.server import serve
+    srv = serve(Model.load(out), port=0)
+    try:
+        rep = evaluate(out, tmp_path / "train.xml", url=srv.url + "/v1",
+                       probes=REPO / "tests" / "data" / "eval" / "example" / "probes.xml")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    print("through serve:\n" + rep.table())
+    bars(rep)
+
+
+def bars(rep) -> None:
+    """The eval bars of the default training, a little below the measured figures."""
     assert rep.row("train-none").rate >= 0.97 and rep.row("train-empty").rate >= 0.97
     assert rep.row("train-own").rate >= 0.97 and rep.row("val").rate >= 0.95
     assert all(rep.row(f"client-{i}").rate >= 0.9 for i in range(1, 11))

@@ -1,6 +1,7 @@
 """``python -m poppins eval``: measure a trained model the way clients ask it.
 
     python -m poppins eval -m .poppins -i train.xml --probes probes.xml [--json]
+    python -m poppins eval -m .poppins -i train.xml --url http://127.0.0.1:8080/v1  # a server
 
 Greedy answers through the chat path (as infer, chat and serve), compared exactly with the
 expected answers: training prompts with no, an empty, their own and 10 common client system
@@ -52,6 +53,10 @@ def add_parser(sub) -> None:
                    help="exit with 1 when a recall row measures below X (0..1)")
     p.add_argument("--max-cases", default=str(DEFAULT_MAX_CASES), metavar="N",
                    help=f"cases per row, a seeded sample (0: all; default: {DEFAULT_MAX_CASES})")
+    p.add_argument("--url", default=None,
+                   help="ask this OpenAI-compatible server (e.g. http://127.0.0.1:8080/v1, a "
+                        "running `poppins serve`) instead of the model in-process")
+    p.add_argument("--api-key", default=None, help="the server's API key (with --url)")
     p.add_argument("-t", "--threads", type=int, default=None,
                    help="threads (default: the physical cores)")
     p.set_defaults(run=run)
@@ -63,7 +68,7 @@ def run(args) -> int:
     min_recall = _fraction(args.min_recall) if args.min_recall is not None else None
     n = _cases(args.max_cases)
     report = evaluate(args.model, args.input, probes=args.probes, threads=args.threads,
-                      max_cases=n or None,
+                      max_cases=n or None, url=args.url, api_key=args.api_key,
                       log=None if args.json else (lambda m: print(m, file=sys.stderr)))
     if args.json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
