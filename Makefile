@@ -31,7 +31,7 @@ build: $(STAMP)
 	$(PYTHON) setup.py -q build_ext --inplace
 
 test: build
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -rs tests
 
 bench: build
 	$(PYTHON) -m pytest -q bench --benchmark-only --benchmark-columns=min,median,mean,rounds

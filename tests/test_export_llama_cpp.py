@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from _peers import missing, need_module
 from poppins.corpus import tokens as T
 from poppins.special_tokens import SPECIAL_TOKENS
 from poppins.export.compare import agreement, describe, poppins_greedy, training_prompts
 
-pytest.importorskip("gguf")
+need_module("llama_cpp", "gguf")
 
 from test_export import MAX_NEW, trained  # noqa: E402
 
@@ -53,9 +54,7 @@ def _bin_dir() -> Path:
         return Path(r.stdout.strip().splitlines()[-1])
     msg = (f"llama.cpp build absent ({r.stderr.strip()}); build it with "
            f"scripts/llama_cpp.sh {VARIANT}")
-    if os.environ.get("POPPINS_REQUIRE_LLAMA_CPP") == "1":
-        pytest.fail(msg + " (POPPINS_REQUIRE_LLAMA_CPP=1)")
-    pytest.skip(msg)
+    missing("llama_cpp", msg)
 
 
 @pytest.fixture(scope="module")

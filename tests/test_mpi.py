@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _peers import missing, required
+
 from poppins.errors import PoppinsError
 from poppins.training import distributed as D
 from poppins.training.checkpoint import checkpoint_path, load_checkpoint
@@ -37,6 +39,8 @@ def _mpi_available() -> bool:
         return False
 
 
+if not _mpi_available() and required("mpi"):
+    missing("mpi", "needs mpirun (apt: openmpi-bin libopenmpi-dev) and mpi4py")
 needs_mpi = pytest.mark.skipif(not _mpi_available(), reason="needs mpirun and mpi4py")
 
 

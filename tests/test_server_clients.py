@@ -1,9 +1,10 @@
 """Real OpenAI clients against the server: the official ``openai`` package, ``llm`` and
-``langchain-openai`` (test extras; each test skips without its client)."""
+``langchain-openai`` (test extras; each test skips without its client, fails under POPPINS_REQUIRE_CLIENTS=1)."""
 from __future__ import annotations
 
 import pytest
 
+from _peers import need_module
 from poppins.server import serve
 from test_server import ANSWERS, FIRST, SYSTEM, model, trained  # noqa: F401  (fixtures)
 
@@ -21,7 +22,7 @@ def server(model):
 
 
 def test_openai_client_n_logprobs_usage_and_tools(server):
-    openai = pytest.importorskip("openai")
+    openai = need_module("clients", "openai")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="sekret", max_retries=0)
     r = client.chat.completions.create(model="poppins", messages=_msgs(FIRST), temperature=0,
                                        n=2, logprobs=True, top_logprobs=3)
@@ -56,11 +57,13 @@ def test_openai_client_n_logprobs_usage_and_tools(server):
     assert again.choices[0].message.content == ANSWERS[FIRST]
 
 
-def test_llm_gets_answers_and_usage(server, tmp_path, monkeypatch):
-    llm = pytest.importorskip("llm")
+def test_llm_gets_answers_usage_logprobs_and_tools(server, tmp_path, monkeypatch):
+    llm = need_module("clients", "llm")
     (tmp_path / "extra-openai-models.yaml").write_text(
         f"- model_id: poppins-test\n  model_name: poppins\n  api_base: {server.url}/v1\n"
-        f"  api_key_name: poppins\n")
+        f"  api_key_name: poppins\n  supports_tools: true\n"
+        f"- model_id: poppins-test-completion\n  model_name: poppins\n"
+        f"  api_base: {server.url}/v1\n  api_key_name: poppins\n  completion: true\n")
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path))
     monkeypatch.setenv("LLM_POPPINS_KEY", "sekret")
     m = llm.get_model("poppins-test")
@@ -70,11 +73,25 @@ def test_llm_gets_answers_and_usage(server, tmp_path, monkeypatch):
     assert u.input > 0 and u.output > 0                  # streamed, with include_usage
     r = m.prompt(FIRST, system=SYSTEM, key="sekret", temperature=0, stream=False)
     assert r.text() == ANSWERS[FIRST] and r.usage().output == u.output
+    # llm's tools reach the server as OpenAI `tools`: a clear 400 naming them, not plain text
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+    openai = need_module("clients", "openai")
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        m.prompt(FIRST, system=SYSTEM, key="sekret", tools=[add]).text()
+    # llm's completion models take `logprobs`; they come back per token
+    c = llm.get_model("poppins-test-completion")
+    r = c.prompt(FIRST, key="sekret", temperature=0, logprobs=2, stream=False)
+    assert r.text() == ANSWERS[FIRST]
+    lp = r.json()["choices"][0]["logprobs"]
+    assert "".join(lp["tokens"]) == ANSWERS[FIRST]
+    assert all(len(t) == 2 for t in lp["top_logprobs"])
 
 
 def test_langchain_chat_openai(server):
-    lc = pytest.importorskip("langchain_openai")
-    openai = pytest.importorskip("openai")
+    lc = need_module("clients", "langchain_openai")
+    openai = need_module("clients", "openai")
     from langchain_core.messages import HumanMessage, SystemMessage
 
     chat = lc.ChatOpenAI(base_url=server.url + "/v1", api_key="sekret", model="poppins",

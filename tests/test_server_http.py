@@ -128,7 +128,7 @@ MALFORMED = {
     "non-string part": b'{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}',
     "image part": b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
     "number content": b'{"messages": [{"role": "user", "content": 5}]}',
-    "5000 digits": b'{"messages": [], "max_tokens": ' + b"9" * 5000 + b"}",
+    "5000 digits": b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * 5000 + b"}",
     "deep nesting": b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}",
     "not utf-8": b'{"messages": "\xff\xfe"}',
     "not an object": b"[1, 2, 3]",

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from _peers import missing, need_module
 from poppins.server import serve
 from test_server import ANSWERS, FIRST, SYSTEM, model, trained  # noqa: F401  (fixtures)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="no chromium/chromedriver installed")
 ARTIFACTS = Path(os.environ.get("POPPINS_ARTIFACTS")
                  or Path(tempfile.gettempdir()) / "poppins-artifacts") / "web"
 CODE_ANSWER = ("Here is the code:\n\n```python\ndef half(x):\n    return x / 2\n```\n\n"
@@ -50,7 +49,9 @@ class _Recorder:
 
 @pytest.fixture
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
+    if not (CHROMIUM and CHROMEDRIVER):
+        missing("browser", "no chromium/chromedriver installed (apt: chromium chromium-driver)")
+    webdriver = need_module("browser", "selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
@@ -104,7 +105,7 @@ def _bg_luminance(driver) -> float:
     return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
 
 
-def test_web_page(model, browser):
+def test_web_page(browser, model):
     from selenium.webdriver.common.by import By
 
     rec = _Recorder(model)
