@@ -400,10 +400,7 @@ static void step_body(const eng_model *M, eng_session *S, int32_t token, int64_t
         quant_row(T->h, d, T->q8, &T->qs);
         linear_part(&L->w_up, T->q8, T->qs, S->acc, S->big, 0, kern, tid, nt);
         BARRIER;
-        for (int64_t k = 0; k < F; k++) {
-            float v = S->big[k] < 0.0f ? 0.0f : S->big[k];
-            T->u[k] = v * v;
-        }
+        eng_relu2_row(S->big, F, T->u);
         quant_row(T->u, F, T->q8, &T->qs);
         linear_part(&L->w_down, T->q8, T->qs, S->acc, S->x, 1, kern, tid, nt);
         BARRIER;
