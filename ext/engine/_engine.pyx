@@ -357,6 +357,14 @@ def head_logits(const float[:, :] h, table, const float[::1] row_scale, float[:,
         out[:, :] = 0
         return
     cdef int nt = _nt(threads, n * V * d // 8)
+    cdef int64_t nchunk = (V + 63) // 64, c, v0, v1
+    if kind == 2:   # int8 rows, several at a time (eng_dot_i8_rows)
+        for c in prange(nchunk, nogil=True, num_threads=nt, schedule="static"):
+            v0 = c * 64
+            v1 = v0 + 64 if v0 + 64 < V else V
+            for t in range(n):
+                eng_dot_i8_rows(&ti[v0, 0], d, v1 - v0, &h[t, 0], d, &row_scale[v0], &out[t, v0])
+        return
     for v in prange(V, nogil=True, num_threads=nt, schedule="static"):
         for t in range(n):
             if kind == 0:

@@ -25,6 +25,13 @@ long eng_kernel_needs(int kernel);
 float eng_dot_f32(const float *a, const float *b, int64_t n);
 float eng_dot_i8(const int8_t *a, const float *b, int64_t n);
 float eng_dot_f16(const uint16_t *a, const float *b, int64_t n);
+/* out[r] = eng_dot_i8(a + r * stride, b, n) * scale[r] for r in [0, rows): the int8 output
+ * head, several rows at a time (the same partial sums per row; only the final lane sum may
+ * differ in order from eng_dot_i8's).  One row's dot product is a chain of dependent FMAs
+ * (latency-bound at d = 256: 16 steps x 4 cycles); four rows side by side keep eight chains
+ * in flight and share the loads of b. */
+void eng_dot_i8_rows(const int8_t *a, int64_t stride, int64_t rows, const float *b, int64_t n,
+                     const float *scale, float *out);
 float eng_half_to_float(uint16_t h);
 /* y[i] += a * x[i] (the attention's weighted sum of values) */
 void eng_axpy_f32(float a, const float *x, float *y, int64_t n);
@@ -57,11 +64,15 @@ static inline void eng_relu2_row(const float *u, int64_t d, float *out)
 float eng_dot_f32_scalar(const float *a, const float *b, int64_t n);
 float eng_dot_i8_scalar(const int8_t *a, const float *b, int64_t n);
 float eng_dot_f16_scalar(const uint16_t *a, const float *b, int64_t n);
+void eng_dot_i8_rows_scalar(const int8_t *a, int64_t stride, int64_t rows, const float *b,
+                            int64_t n, const float *scale, float *out);
 void eng_axpy_f32_scalar(float a, const float *x, float *y, int64_t n);
 #ifdef POPPINS_HAVE_AVX2
 void eng_axpy_f32_avx2(float a, const float *x, float *y, int64_t n);
 float eng_dot_f32_avx2(const float *a, const float *b, int64_t n);
 float eng_dot_i8_avx2(const int8_t *a, const float *b, int64_t n);
 float eng_dot_f16_avx2(const uint16_t *a, const float *b, int64_t n);
+void eng_dot_i8_rows_avx2(const int8_t *a, int64_t stride, int64_t rows, const float *b,
+                          int64_t n, const float *scale, float *out);
 #endif
 #endif

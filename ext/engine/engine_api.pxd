@@ -13,6 +13,8 @@ cdef extern from "engine.h" nogil:
     float eng_dot_i8(const int8_t *a, const float *b, int64_t n)
     float eng_dot_f16(const uint16_t *a, const float *b, int64_t n)
     void eng_relu2_row(const float *u, int64_t d, float *out)
+    void eng_dot_i8_rows(const int8_t *a, int64_t stride, int64_t rows, const float *b,
+                         int64_t n, const float *scale, float *out)
     float eng_half_to_float(uint16_t h)
     void eng_axpy_f32(float a, const float *x, float *y, int64_t n)
 

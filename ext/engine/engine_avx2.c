@@ -42,6 +42,48 @@ float eng_dot_i8_avx2(const int8_t *a, const float *b, int64_t n)
     return s;
 }
 
+/* four rows at a time: per row the partial sums of eng_dot_i8_avx2 (s0: chunks 0, 16, ...;
+ * s1: chunks 8, 24, ...; the scalar tail added after the lane sum), the lane sums of the four
+ * rows done together (two hadd). */
+void eng_dot_i8_rows_avx2(const int8_t *a, int64_t stride, int64_t rows, const float *b,
+                          int64_t n, const float *scale, float *out)
+{
+    int64_t r = 0;
+    const int64_t n16 = n / 16 * 16;
+    for (; r + 4 <= rows; r += 4) {
+        const int8_t *p[4] = {a + r * stride, a + (r + 1) * stride, a + (r + 2) * stride,
+                              a + (r + 3) * stride};
+        __m256 s0[4], s1[4];
+        for (int j = 0; j < 4; j++) s0[j] = s1[j] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n16; i += 16) {
+            const __m256 b0 = _mm256_loadu_ps(b + i), b1 = _mm256_loadu_ps(b + i + 8);
+            for (int j = 0; j < 4; j++) {
+                const __m256 f0 = _mm256_cvtepi32_ps(
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p[j] + i))));
+                const __m256 f1 = _mm256_cvtepi32_ps(
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p[j] + i + 8))));
+                s0[j] = _mm256_fmadd_ps(f0, b0, s0[j]);
+                s1[j] = _mm256_fmadd_ps(f1, b1, s1[j]);
+            }
+        }
+        __m128 t[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256 v = _mm256_add_ps(s0[j], s1[j]);
+            t[j] = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        }
+        __m128 sum = _mm_hadd_ps(_mm_hadd_ps(t[0], t[1]), _mm_hadd_ps(t[2], t[3]));
+        if (n16 < n) {
+            float tail[4];
+            _mm_storeu_ps(tail, sum);
+            for (int j = 0; j < 4; j++)
+                for (int64_t i = n16; i < n; i++) tail[j] += (float)p[j][i] * b[i];
+            sum = _mm_loadu_ps(tail);
+        }
+        _mm_storeu_ps(out + r, _mm_mul_ps(sum, _mm_loadu_ps(scale + r)));
+    }
+    for (; r < rows; r++) out[r] = eng_dot_i8_avx2(a + r * stride, b, n) * scale[r];
+}
+
 float eng_dot_f16_avx2(const uint16_t *a, const float *b, int64_t n)
 {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();

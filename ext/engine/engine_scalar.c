@@ -49,6 +49,12 @@ float eng_dot_i8_scalar(const int8_t *a, const float *b, int64_t n)
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
+void eng_dot_i8_rows_scalar(const int8_t *a, int64_t stride, int64_t rows, const float *b,
+                            int64_t n, const float *scale, float *out)
+{
+    for (int64_t r = 0; r < rows; r++) out[r] = eng_dot_i8_scalar(a + r * stride, b, n) * scale[r];
+}
+
 float eng_dot_f16_scalar(const uint16_t *a, const float *b, int64_t n)
 {
     float s[4] = {0, 0, 0, 0};
@@ -68,11 +74,14 @@ typedef void (*axpy_fn)(float, const float *, float *, int64_t);
 typedef float (*dot_f32_fn)(const float *, const float *, int64_t);
 typedef float (*dot_i8_fn)(const int8_t *, const float *, int64_t);
 typedef float (*dot_f16_fn)(const uint16_t *, const float *, int64_t);
+typedef void (*dot_i8_rows_fn)(const int8_t *, int64_t, int64_t, const float *, int64_t,
+                               const float *, float *);
 
 static dot_f32_fn p_f32 = eng_dot_f32_scalar;
 static dot_i8_fn p_i8 = eng_dot_i8_scalar;
 static dot_f16_fn p_f16 = eng_dot_f16_scalar;
 static axpy_fn p_axpy = eng_axpy_f32_scalar;
+static dot_i8_rows_fn p_i8rows = eng_dot_i8_rows_scalar;
 static int cur = -1;
 
 int eng_kernel_available(int kernel)
@@ -90,12 +99,12 @@ int eng_set_kernel(int kernel)
     if (kernel < 0 || kernel >= ENG_NKERNELS || !eng_kernel_available(kernel)) return -1;
     if (kernel == ENG_SCALAR) {
         p_f32 = eng_dot_f32_scalar; p_i8 = eng_dot_i8_scalar; p_f16 = eng_dot_f16_scalar;
-        p_axpy = eng_axpy_f32_scalar;
+        p_axpy = eng_axpy_f32_scalar; p_i8rows = eng_dot_i8_rows_scalar;
     }
 #ifdef POPPINS_HAVE_AVX2
     if (kernel == ENG_AVX2) {
         p_f32 = eng_dot_f32_avx2; p_i8 = eng_dot_i8_avx2; p_f16 = eng_dot_f16_avx2;
-        p_axpy = eng_axpy_f32_avx2;
+        p_axpy = eng_axpy_f32_avx2; p_i8rows = eng_dot_i8_rows_avx2;
     }
 #endif
     cur = kernel;
@@ -129,3 +138,8 @@ float eng_dot_f32(const float *a, const float *b, int64_t n) { return p_f32(a, b
 float eng_dot_i8(const int8_t *a, const float *b, int64_t n) { return p_i8(a, b, n); }
 float eng_dot_f16(const uint16_t *a, const float *b, int64_t n) { return p_f16(a, b, n); }
 void eng_axpy_f32(float a, const float *x, float *y, int64_t n) { p_axpy(a, x, y, n); }
+void eng_dot_i8_rows(const int8_t *a, int64_t stride, int64_t rows, const float *b, int64_t n,
+                     const float *scale, float *out)
+{
+    p_i8rows(a, stride, rows, b, n, scale, out);
+}

@@ -407,6 +407,12 @@ static void step_body(const eng_model *M, eng_session *S, int32_t token, int64_t
     }
     rms_row(S->x, M->final_norm, d, M->eps, T->h);
     RANGE(v0, v1, M->vocab);
+    if (M->head_kind == 2) {
+        if (v1 > v0)
+            eng_dot_i8_rows((const int8_t *)M->head + v0 * d, d, v1 - v0, T->h, d,
+                            M->head_scale + v0, logits + v0);
+        return;
+    }
     for (int64_t v = v0; v < v1; v++) {
         if (M->head_kind == 0)
             logits[v] = eng_dot_f32((const float *)M->head + v * d, T->h, d);
