@@ -254,7 +254,6 @@ def attention(const float[:, :] q, const float[:, :] kc, const float[:, :] vc, f
     cdef int64_t Pmax = pos0 + n, job, t, h, hk, P, j
     cdef float sc = <float>scale
     cdef float *buf = NULL
-    cdef const float *qh
     cdef const float *k0 = &kc[0, 0]
     cdef const float *v0 = &vc[0, 0]
     cdef int nt = _nt(threads, n * H * Pmax * (dk + dv))
@@ -265,10 +264,8 @@ def attention(const float[:, :] q, const float[:, :] kc, const float[:, :] vc, f
             h = job % H
             hk = h // grp
             P = pos0 + t + 1
-            qh = &q[t, h * dk]
-            for j in range(P):
-                buf[j] = eng_dot_f32(qh, k0 + j * ks + hk * dk, dk) * sc
-            _softmax_mix(buf, P, v0 + hk * dv, vs, dv, &out[t, h * dv])
+            eng_attend_f32(&q[t, h * dk], k0 + hk * dk, ks, v0 + hk * dv, vs, P, dk, dv, sc,
+                           buf, &out[t, h * dv])
         free(buf)
 
 

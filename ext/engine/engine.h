@@ -35,6 +35,15 @@ void eng_dot_i8_rows(const int8_t *a, int64_t stride, int64_t rows, const float 
 float eng_half_to_float(uint16_t h);
 /* y[i] += a * x[i] (the attention's weighted sum of values) */
 void eng_axpy_f32(float a, const float *x, float *y, int64_t n);
+/* One query of causal softmax attention over P cached positions:
+ *     sc[j] = (q . k[j]) * scale,  p = softmax(sc),  o[:dv] = sum_j p[j] v[j]
+ * (k[j] = k + j * k_stride, dk floats; v[j] = v + j * v_stride, dv floats; sc: P floats of
+ * scratch, left holding exp(sc[j] - max)).  The portable path is the dot / expf / axpy loop;
+ * the AVX2 one scores four keys at a time, takes exp with a vectorized polynomial (within 2
+ * ulp of expf) and mixes the values in register blocks of 32 columns. */
+void eng_attend_f32(const float *q, const float *k, int64_t k_stride, const float *v,
+                    int64_t v_stride, int64_t P, int64_t dk, int64_t dv, float scale, float *sc,
+                    float *o);
 
 /* out[k] = max(u[k], 0)^2 (a NaN passes through, as np.maximum does): the squared-ReLU row of
  * the FFN.  gcc keeps a compare-and-branch for the scalar select, which mispredicts half the
@@ -67,8 +76,14 @@ float eng_dot_f16_scalar(const uint16_t *a, const float *b, int64_t n);
 void eng_dot_i8_rows_scalar(const int8_t *a, int64_t stride, int64_t rows, const float *b,
                             int64_t n, const float *scale, float *out);
 void eng_axpy_f32_scalar(float a, const float *x, float *y, int64_t n);
+void eng_attend_f32_scalar(const float *q, const float *k, int64_t k_stride, const float *v,
+                           int64_t v_stride, int64_t P, int64_t dk, int64_t dv, float scale,
+                           float *sc, float *o);
 #ifdef POPPINS_HAVE_AVX2
 void eng_axpy_f32_avx2(float a, const float *x, float *y, int64_t n);
+void eng_attend_f32_avx2(const float *q, const float *k, int64_t k_stride, const float *v,
+                         int64_t v_stride, int64_t P, int64_t dk, int64_t dv, float scale,
+                         float *sc, float *o);
 float eng_dot_f32_avx2(const float *a, const float *b, int64_t n);
 float eng_dot_i8_avx2(const int8_t *a, const float *b, int64_t n);
 float eng_dot_f16_avx2(const uint16_t *a, const float *b, int64_t n);

@@ -17,6 +17,9 @@ cdef extern from "engine.h" nogil:
                          int64_t n, const float *scale, float *out)
     float eng_half_to_float(uint16_t h)
     void eng_axpy_f32(float a, const float *x, float *y, int64_t n)
+    void eng_attend_f32(const float *q, const float *k, int64_t k_stride, const float *v,
+                        int64_t v_stride, int64_t P, int64_t dk, int64_t dv, float scale,
+                        float *sc, float *o)
 
 cdef extern from "poppins_common.h" nogil:
     int poppins_build_openmp()

@@ -107,3 +107,115 @@ void eng_axpy_f32_avx2(float a, const float *x, float *y, int64_t n)
         _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++) y[i] = y[i] + a * x[i];
 }
+
+/* exp(x) for x <= 0 (the softmax's sc - max), Cephes' expf: n = round(x log2 e),
+ * r = x - n ln 2 (in two parts), exp(r) by its degree-6 polynomial, times 2^n.  Within 2 ulp
+ * of expf for x >= -87.3; below that (where expf is subnormal or 0) it returns 0. */
+static inline __m256 exp_neg_ps(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    const __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* 2^n for n in [-126, 0]: the exponent field n + 127 */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(tiny, p);
+}
+
+static inline float exp_neg_1(float x)
+{
+    float t[8];
+    _mm256_storeu_ps(t, exp_neg_ps(_mm256_set1_ps(x)));
+    return t[0];
+}
+
+static inline __m128 hsum_ps_x4(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+void eng_attend_f32_avx2(const float *q, const float *k, int64_t k_stride, const float *v,
+                         int64_t v_stride, int64_t P, int64_t dk, int64_t dv, float scale,
+                         float *sc, float *o)
+{
+    if (dk % 8 || dv % 8) {   /* (head widths are multiples of 8 in practice) */
+        eng_attend_f32_scalar(q, k, k_stride, v, v_stride, P, dk, dv, scale, sc, o);
+        return;
+    }
+    /* scores, four keys at a time */
+    const __m128 sc4 = _mm_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 4 <= P; j += 4) {
+        const float *k0 = k + j * k_stride, *k1 = k0 + k_stride, *k2 = k1 + k_stride,
+                    *k3 = k2 + k_stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < dk; i += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + i);
+            a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+            a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+            a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+            a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+        }
+        _mm_storeu_ps(sc + j, _mm_mul_ps(hsum_ps_x4(a0, a1, a2, a3), sc4));
+    }
+    for (; j < P; j++) {
+        const float *kj = k + j * k_stride;
+        __m256 a0 = _mm256_setzero_ps();
+        for (int64_t i = 0; i < dk; i += 8)
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kj + i), a0);
+        sc[j] = hsum(a0) * scale;
+    }
+    /* max, exp, sum */
+    float mx = sc[0];
+    for (j = 1; j < P; j++)
+        if (sc[j] > mx) mx = sc[j];
+    const __m256 mxv = _mm256_set1_ps(mx);
+    __m256 zv = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= P; j += 8) {
+        const __m256 e = exp_neg_ps(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mxv));
+        _mm256_storeu_ps(sc + j, e);
+        zv = _mm256_add_ps(zv, e);
+    }
+    float z = hsum(zv);
+    for (; j < P; j++) {
+        sc[j] = exp_neg_1(sc[j] - mx);
+        z += sc[j];
+    }
+    /* o = sum_j p_j v_j / z, 32 columns (four registers) at a time */
+    const __m256 inv = _mm256_set1_ps(1.0f / z);
+    int64_t c = 0;
+    for (; c + 32 <= dv; c += 32) {
+        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+        const float *vc = v + c;
+        for (j = 0; j < P; j++, vc += v_stride) {
+            const __m256 p = _mm256_broadcast_ss(sc + j);
+            o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vc), o0);
+            o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vc + 8), o1);
+            o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vc + 16), o2);
+            o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vc + 24), o3);
+        }
+        _mm256_storeu_ps(o + c, _mm256_mul_ps(o0, inv));
+        _mm256_storeu_ps(o + c + 8, _mm256_mul_ps(o1, inv));
+        _mm256_storeu_ps(o + c + 16, _mm256_mul_ps(o2, inv));
+        _mm256_storeu_ps(o + c + 24, _mm256_mul_ps(o3, inv));
+    }
+    for (; c < dv; c += 8) {
+        __m256 o0 = _mm256_setzero_ps();
+        const float *vc = v + c;
+        for (j = 0; j < P; j++, vc += v_stride)
+            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + j), _mm256_loadu_ps(vc), o0);
+        _mm256_storeu_ps(o + c, _mm256_mul_ps(o0, inv));
+    }
+}

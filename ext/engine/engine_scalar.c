@@ -70,7 +70,28 @@ void eng_axpy_f32_scalar(float a, const float *x, float *y, int64_t n)
     for (int64_t i = 0; i < n; i++) y[i] = y[i] + a * x[i];
 }
 
+/* the softmax-weighted sum of values, as the decode step and the prefill op always did it */
+void eng_attend_f32_scalar(const float *q, const float *k, int64_t k_stride, const float *v,
+                           int64_t v_stride, int64_t P, int64_t dk, int64_t dv, float scale,
+                           float *sc, float *o)
+{
+    for (int64_t j = 0; j < P; j++) sc[j] = eng_dot_f32(q, k + j * k_stride, dk) * scale;
+    float mx = sc[0], z = 0.0f;
+    for (int64_t j = 1; j < P; j++)
+        if (sc[j] > mx) mx = sc[j];
+    for (int64_t c = 0; c < dv; c++) o[c] = 0.0f;
+    for (int64_t j = 0; j < P; j++) {
+        float p = expf(sc[j] - mx);
+        z = z + p;
+        eng_axpy_f32(p, v + j * v_stride, o, dv);
+    }
+    float inv = 1.0f / z;
+    for (int64_t c = 0; c < dv; c++) o[c] = o[c] * inv;
+}
+
 typedef void (*axpy_fn)(float, const float *, float *, int64_t);
+typedef void (*attend_fn)(const float *, const float *, int64_t, const float *, int64_t, int64_t,
+                          int64_t, int64_t, float, float *, float *);
 typedef float (*dot_f32_fn)(const float *, const float *, int64_t);
 typedef float (*dot_i8_fn)(const int8_t *, const float *, int64_t);
 typedef float (*dot_f16_fn)(const uint16_t *, const float *, int64_t);
@@ -82,6 +103,7 @@ static dot_i8_fn p_i8 = eng_dot_i8_scalar;
 static dot_f16_fn p_f16 = eng_dot_f16_scalar;
 static axpy_fn p_axpy = eng_axpy_f32_scalar;
 static dot_i8_rows_fn p_i8rows = eng_dot_i8_rows_scalar;
+static attend_fn p_attend = eng_attend_f32_scalar;
 static int cur = -1;
 
 int eng_kernel_available(int kernel)
@@ -100,11 +122,13 @@ int eng_set_kernel(int kernel)
     if (kernel == ENG_SCALAR) {
         p_f32 = eng_dot_f32_scalar; p_i8 = eng_dot_i8_scalar; p_f16 = eng_dot_f16_scalar;
         p_axpy = eng_axpy_f32_scalar; p_i8rows = eng_dot_i8_rows_scalar;
+        p_attend = eng_attend_f32_scalar;
     }
 #ifdef POPPINS_HAVE_AVX2
     if (kernel == ENG_AVX2) {
         p_f32 = eng_dot_f32_avx2; p_i8 = eng_dot_i8_avx2; p_f16 = eng_dot_f16_avx2;
         p_axpy = eng_axpy_f32_avx2; p_i8rows = eng_dot_i8_rows_avx2;
+        p_attend = eng_attend_f32_avx2;
     }
 #endif
     cur = kernel;
@@ -142,4 +166,10 @@ void eng_dot_i8_rows(const int8_t *a, int64_t stride, int64_t rows, const float 
                      const float *scale, float *out)
 {
     p_i8rows(a, stride, rows, b, n, scale, out);
+}
+void eng_attend_f32(const float *q, const float *k, int64_t k_stride, const float *v,
+                    int64_t v_stride, int64_t P, int64_t dk, int64_t dv, float scale, float *sc,
+                    float *o)
+{
+    p_attend(q, k, k_stride, v, v_stride, P, dk, dv, scale, sc, o);
 }

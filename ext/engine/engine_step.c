@@ -289,11 +289,8 @@ static void attn_mha_step(const eng_model *M, eng_session *S, const eng_layer *L
     BARRIER;
     for (int64_t h = h0; h < h1; h++) {
         const int64_t hk = h / grp;
-        float *sc = S->scores + h * S->ctx;
-        const float *q = S->big + h * hd;
-        for (int64_t j = 0; j < P; j++)
-            sc[j] = eng_dot_f32(q, ca + j * Hk * hd + hk * hd, hd) * scale;
-        softmax_mix(sc, P, cb + hk * hd, Hk * hd, hd, S->o + h * hd);
+        eng_attend_f32(S->big + h * hd, ca + hk * hd, Hk * hd, cb + hk * hd, Hk * hd, P, hd, hd,
+                       scale, S->scores + h * S->ctx, S->o + h * hd);
     }
 }
 
