@@ -21,6 +21,12 @@ static inline int32_t hsum256(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+/* {sum v0, sum v1, sum v2, sum v3} (int32 adds wrap and are associative: any order is exact) */
+static inline __m128i hsum256x4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
 
 /* THE AVX2 decode matrix-vector product (n == 1), after the AVX-512 one: one row at a time,
  * its blocks read in memory order (one sequential stream over the whole matrix instead of
@@ -90,41 +96,73 @@ static void matvec_rows(const tern_job *job, int64_t r0, int64_t r1) {
 }
 #define TERN_MATVEC_ROWS matvec_rows
 
-#define DEC(v, S) _mm256_and_si256(_mm256_srli_epi16((v), 2 * (S)), m3)
+/* The register tile for n > 1 (prefill): TERN_TR_MM = 2 rows x TERN_TC_MM = 4 columns.  As
+ * in the matvec above, the products stay in int16 for a group of blocks: per block each int16
+ * lane of a16[i][j] adds 2 halves x 4 slices x 2 (one maddubs lane) = 16 products u*x in
+ * [-256, 254], so TERN_AVX2_MM_GROUP = 8 blocks stay within [INT16_MIN, 32512] (every partial sum
+ * too: it is a sum of at most 128 such products) and the wrapping int16 adds are exact; once
+ * per group one _mm256_madd_epi16 widens them and the four columns of a row are lane-summed
+ * together into int32 sums.  Per (row, column, block): 8 maddubs + 8 int16 adds instead of
+ * 8 maddubs + 4 madd + 4 int16 adds + 4 int32 adds (maddubs and madd share the multiply
+ * ports).  Register budget (16 ymm): 8 int16 accumulators, the 4 slices of the two rows being
+ * decoded (shift and mask straight from memory), the mask and two temporaries; the
+ * activations are memory operands of the maddubs. */
+#ifndef TERN_AVX2_MM_GROUP
+#define TERN_AVX2_MM_GROUP 8
+#endif
+_Static_assert(TERN_AVX2_MM_GROUP * 16 * 256 <= -(INT16_MIN), "int16 tile accumulators must stay exact");
+_Static_assert(TERN_TR_MM == 2 && TERN_TC_MM == 4, "tile_mm is written for 2 x 4");
 
-/* One tile body: R rows x C columns; x pointers are indexed through XP(j). */
-#define TILE_BODY(R, C, XP)                                                                \
-    const __m256i m3 = _mm256_set1_epi8(3);                                                \
-    const __m256i ones = _mm256_set1_epi16(1);                                             \
-    __m256i acc[R][C];                                                                     \
-    for (int i = 0; i < R; i++)                                                            \
-        for (int j = 0; j < C; j++) acc[i][j] = _mm256_setzero_si256();                    \
-    for (int64_t b = 0; b < nb; b++) {                                                     \
-        for (int h = 0; h < 2; h++) {                                                      \
-            __m256i wv[R];                                                                 \
-            for (int i = 0; i < R; i++)                                                    \
-                wv[i] = _mm256_loadu_si256((const __m256i *)(w[i] + 64 * b + 32 * h));     \
-            for (int sp = 0; sp < 4; sp += 2) {                                            \
-                __m256i u0[R], u1[R];                                                      \
-                for (int i = 0; i < R; i++) {                                              \
-                    u0[i] = DEC(wv[i], sp);                                                \
-                    u1[i] = DEC(wv[i], sp + 1);                                            \
-                }                                                                          \
-                for (int j = 0; j < C; j++) {                                              \
-                    const int8_t *xb = XP(j) + 256 * b + 64 * sp + 32 * h;                 \
-                    __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);                  \
-                    __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 64));           \
-                    for (int i = 0; i < R; i++) {                                          \
-                        __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u0[i], x0),      \
-                                                     _mm256_maddubs_epi16(u1[i], x1));     \
-                        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(p, ones)); \
-                    }                                                                      \
-                }                                                                          \
-            }                                                                              \
-        }                                                                                  \
+#define LD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define SL(p, S) _mm256_and_si256(_mm256_srli_epi16(LD(p), 2 * (S)), m3)
+/* (the empty asm pins each updated accumulator to a register: without it gcc reassociates
+ * the int16 adds of a whole block into one tree, computes all 64 maddubs first and spills
+ * them, which made this tile 15% slower than the one it replaces) */
+#define MAC2(a, u0, u1, xb)                                                                \
+    do {                                                                                   \
+        a = _mm256_add_epi16(a, _mm256_add_epi16(_mm256_maddubs_epi16(u0, LD(xb)),          \
+                                                 _mm256_maddubs_epi16(u1, LD((xb) + 64)))); \
+        __asm__("" : "+x"(a));                                                             \
+    } while (0)
+
+static inline __attribute__((always_inline)) void
+tile_mm(const uint8_t **w, const int8_t **x, int64_t nb, int32_t out[TERN_TR_MM][TERN_TC_MM]) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m128i o0 = _mm_setzero_si128(), o1 = _mm_setzero_si128();
+    const uint8_t *w0 = w[0], *w1 = w[1];
+    const int8_t *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+    for (int64_t g = 0; g < nb; g += TERN_AVX2_MM_GROUP) {
+        const int64_t ge = g + TERN_AVX2_MM_GROUP < nb ? g + TERN_AVX2_MM_GROUP : nb;
+        __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;
+        __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+        for (int64_t b = g; b < ge; b++) {
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *p0 = w0 + 64 * b + 32 * h, *p1 = w1 + 64 * b + 32 * h;
+                const int64_t xo = 256 * b + 32 * h;
+                for (int sp = 0; sp < 4; sp += 2) {
+                    const __m256i u00 = SL(p0, sp), u01 = SL(p0, sp + 1);
+                    const __m256i u10 = SL(p1, sp), u11 = SL(p1, sp + 1);
+                    const int64_t o = xo + 64 * sp;
+                    MAC2(a00, u00, u01, x0 + o); MAC2(a10, u10, u11, x0 + o);
+                    MAC2(a01, u00, u01, x1 + o); MAC2(a11, u10, u11, x1 + o);
+                    MAC2(a02, u00, u01, x2 + o); MAC2(a12, u10, u11, x2 + o);
+                    MAC2(a03, u00, u01, x3 + o); MAC2(a13, u10, u11, x3 + o);
+                }
+            }
+        }
+        o0 = _mm_add_epi32(o0, hsum256x4(_mm256_madd_epi16(a00, ones), _mm256_madd_epi16(a01, ones),
+                                         _mm256_madd_epi16(a02, ones), _mm256_madd_epi16(a03, ones)));
+        o1 = _mm_add_epi32(o1, hsum256x4(_mm256_madd_epi16(a10, ones), _mm256_madd_epi16(a11, ones),
+                                         _mm256_madd_epi16(a12, ones), _mm256_madd_epi16(a13, ones)));
     }
+    _mm_storeu_si128((__m128i *)out[0], o0);
+    _mm_storeu_si128((__m128i *)out[1], o1);
+}
+#undef MAC2
+#undef SL
+#undef LD
 
-#define TERN_HSUM(v) hsum256(v)   /* tile_mm / tile_mv come from ternary_tiles.h */
 #include "ternary_tiles.h"
 
 #endif
