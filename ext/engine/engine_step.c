@@ -271,6 +271,16 @@ static void linear_part(const eng_tern *w, const int8_t *x, float xs, int32_t *a
         for (int64_t r = r0; r < r1; r++) out[r] = (float)acc[r] * f;
 }
 
+/* out[r] = (W x)[r] * scale / xs for the rows [r0, r1) (one thread's rows picked by the caller) */
+static void linear_rows(const eng_tern *w, const int8_t *x, float xs, int32_t *acc, float *out,
+                        int kernel, int64_t r0, int64_t r1)
+{
+    if (r0 >= r1) return;
+    g_tern->matvec_padded(w->w + r0 * w->stride, w->stride, r1 - r0, w->k, x, acc + r0, kernel);
+    const float f = w->scale / xs;
+    for (int64_t r = r0; r < r1; r++) out[r] = (float)acc[r] * f;
+}
+
 /* BARRIER: every thread waits; ON_ONE(...): thread 0 runs the block, then a barrier;
  * RANGE(lo, hi, n): this thread's contiguous share of [0, n). */
 #define BARRIER barrier_wait(&S->bar, nt, sense_p)
@@ -295,6 +305,31 @@ static void attn_mha_step(const eng_model *M, eng_session *S, const eng_layer *L
     (void)d;
     const int64_t Hk = M->kv_heads, grp = H / Hk;
     const float scale = (float)(1.0 / sqrt((double)hd));
+    if (nt > 1 && Hk % nt == 0) {
+        /* each thread takes whole kv groups: it projects, rotates and caches its own query,
+         * key and value heads and attends with them, so no barrier is needed before the
+         * caller's (two fewer per layer than the row split below) */
+        const int64_t g0 = Hk * tid / nt, g1 = Hk * (tid + 1) / nt;
+        float *big = S->big;
+        linear_rows(&L->wqkv, T->q8, T->qs, S->acc, big, kern, g0 * grp * hd, g1 * grp * hd);
+        linear_rows(&L->wqkv, T->q8, T->qs, S->acc, big, kern, (H + g0) * hd, (H + g1) * hd);
+        linear_rows(&L->wqkv, T->q8, T->qs, S->acc, big, kern, (H + Hk + g0) * hd,
+                    (H + Hk + g1) * hd);
+        for (int64_t h = g0 * grp; h < g1 * grp; h++)
+            rope_row(big + h * hd, cs, sn, M->rot_half, 1, hd, 0);
+        for (int64_t g = g0; g < g1; g++) {
+            rope_row(big + (H + g) * hd, cs, sn, M->rot_half, 1, hd, 0);
+            memcpy(ca + pos * Hk * hd + g * hd, big + (H + g) * hd, (size_t)hd * 4);
+            memcpy(cb + pos * Hk * hd + g * hd, big + (H + Hk + g) * hd, (size_t)hd * 4);
+        }
+        for (int64_t h = g0 * grp; h < g1 * grp; h++) {
+            const int64_t hk = h / grp;
+            eng_attend_f32(big + h * hd, ca + hk * hd, Hk * hd, cb + hk * hd, Hk * hd, P, hd, hd,
+                           scale, S->scores + h * S->ctx, S->o + h * hd);
+        }
+        (void)h0; (void)h1;
+        return;
+    }
     linear_part(&L->wqkv, T->q8, T->qs, S->acc, S->big, 0, kern, tid, nt);
     BARRIER;
     {   /* rotate this thread's share of the query/key heads; cache its kv heads */
