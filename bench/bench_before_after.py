@@ -33,6 +33,10 @@ so e.g. the AVX2 path can be measured on an AVX-512 machine.  Everything runs si
 (``-t 1``); on a shared machine interleaving is what makes the ratios fair, and the load
 average is printed at the start, after each step and at the end.  Exit code 1 when a ratio
 of medians is below 0.95.
+
+ms/step is a mean over 20 steps, so single slow steps weigh in: on a VM the trainer's gradient
+norm (two float64 copies of the flat gradients, 2 x 216 MB for ``big``) sometimes takes 5-15x
+its usual ~70 ms, in either revision; an A/A run (``--before X --after X``) shows the noise.
 """
 from __future__ import annotations
 
