@@ -45,6 +45,12 @@ void eng_attend_f32(const float *q, const float *k, int64_t k_stride, const floa
                     int64_t v_stride, int64_t P, int64_t dk, int64_t dv, float scale, float *sc,
                     float *o);
 
+/* The portable second half of eng_attend_f32 on scores already in sc[:P]:
+ * o[:dv] = softmax(sc) . v (sc left holding exp(sc[j] - max)); MLA's decode step calls it
+ * on its latent scores. */
+void eng_softmax_mix_f32(float *sc, int64_t P, const float *v, int64_t v_stride, int64_t dv,
+                         float *o);
+
 /* out[k] = max(u[k], 0)^2 (a NaN passes through, as np.maximum does): the squared-ReLU row of
  * the FFN.  gcc keeps a compare-and-branch for the scalar select, which mispredicts half the
  * time on activations of random sign (5x slower than the quantizer after it), hence the

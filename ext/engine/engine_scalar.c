@@ -76,6 +76,12 @@ void eng_attend_f32_scalar(const float *q, const float *k, int64_t k_stride, con
                            float *sc, float *o)
 {
     for (int64_t j = 0; j < P; j++) sc[j] = eng_dot_f32(q, k + j * k_stride, dk) * scale;
+    eng_softmax_mix_f32(sc, P, v, v_stride, dv, o);
+}
+
+void eng_softmax_mix_f32(float *sc, int64_t P, const float *v, int64_t v_stride, int64_t dv,
+                         float *o)
+{
     float mx = sc[0], z = 0.0f;
     for (int64_t j = 1; j < P; j++)
         if (sc[j] > mx) mx = sc[j];

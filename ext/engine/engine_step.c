@@ -223,22 +223,6 @@ static void rope_row(float *x, const float *c, const float *s, int64_t half, int
     }
 }
 
-static void softmax_mix(float *sc, int64_t P, const float *v, int64_t v_stride, int64_t dv,
-                        float *o)
-{
-    float mx = sc[0], z = 0.0f;
-    for (int64_t j = 1; j < P; j++)
-        if (sc[j] > mx) mx = sc[j];
-    for (int64_t c = 0; c < dv; c++) o[c] = 0.0f;
-    for (int64_t j = 0; j < P; j++) {
-        float p = expf(sc[j] - mx);
-        z = z + p;
-        eng_axpy_f32(p, v + j * v_stride, o, dv);
-    }
-    float inv = 1.0f / z;
-    for (int64_t c = 0; c < dv; c++) o[c] = o[c] * inv;
-}
-
 static void embed_row(const eng_model *M, int32_t tok, float *out)
 {
     const int64_t d = M->dim;
@@ -404,7 +388,7 @@ static void attn_mla_step(const eng_model *M, eng_session *S, const eng_layer *L
         for (int64_t j = 0; j < P; j++)
             sc[j] = (eng_dot_f32(u, ca + j * kvl, kvl) +
                      eng_dot_f32(qn + hd, cb + j * r, r)) * scale;
-        softmax_mix(sc, P, ca, kvl, kvl, m);
+        eng_softmax_mix_f32(sc, P, ca, kvl, kvl, m);
         for (int64_t i = 0; i < hd; i++)
             S->o[h * hd + i] =
                 eng_dot_f32(L->wkv_b + ((H + h) * hd + i) * kvl, m, kvl) * ws;
