@@ -34,9 +34,11 @@ so e.g. the AVX2 path can be measured on an AVX-512 machine.  Everything runs si
 average is printed at the start, after each step and at the end.  Exit code 1 when a ratio
 of medians is below 0.95.
 
-ms/step is a mean over 20 steps, so single slow steps weigh in: on a VM the trainer's gradient
-norm (two float64 copies of the flat gradients, 2 x 216 MB for ``big``) sometimes takes 5-15x
-its usual ~70 ms, in either revision; an A/A run (``--before X --after X``) shows the noise.
+ms/step is a mean over 20 steps, so single slow steps weigh in: before 2026-12-05 the
+trainer's gradient norm made two float64 copies of the flat gradients (2 x 216 MB for ``big``),
+which on a VM sometimes took 5-15x their usual ~70 ms; it is now summed in 512 KiB chunks
+(``poppins.training.trainer.grad_norm``).  An A/A run (``--before X --after X``) shows the
+machine's noise.
 """
 from __future__ import annotations
 

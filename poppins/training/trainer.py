@@ -81,6 +81,23 @@ class _StopFlag:
         return False
 
 
+_NORM_CHUNK = 1 << 16   # float64 elements per chunk: 512 KiB, stays in L2
+
+
+def grad_norm(g):
+    """The L2 norm of the flat float32 gradient, summed in float64.
+
+    Chunked so no float64 copy of the whole gradient is made: at d 512 with 8 layers a
+    full copy is two 216 MB allocations per step, and on a VM their page faults sometimes
+    cost 5-15x the ~70 ms of the sum itself; chunked, the sum takes a tenth of that. The
+    norm differs from a one-shot float64 dot only in summation order (~1e-15 relative)."""
+    total = 0.0
+    for i in range(0, g.size, _NORM_CHUNK):
+        c = g[i:i + _NORM_CHUNK].astype(np.float64)
+        total += float(np.dot(c, c))
+    return math.sqrt(total)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -359,7 +376,7 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
             if cfg.grad_accum > 1:
                 g /= cfg.grad_accum
             if cfg.grad_clip > 0:
-                norm = math.sqrt(float(np.dot(g.astype(np.float64), g.astype(np.float64))))
+                norm = grad_norm(g)
                 if norm > cfg.grad_clip:
                     g *= cfg.grad_clip / norm
             opt.step(lr=lr, weight_decay=wd)
