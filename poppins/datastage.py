@@ -88,6 +88,11 @@ def _train_tokenizer(doc: TrainDoc, sset: SampleSet):
                            min_frequency=min_freq, requested_tokens=requested)
 
 
+def _sources(doc: TrainDoc) -> Dict:
+    """The file's sources as the model file records them (id -> url, title)."""
+    return {i: {"url": d.url, "title": d.title} for i, d in doc.definitions["source"].items()}
+
+
 def _write(path: Path, data) -> None:
     mode = "w" if isinstance(data, str) else "wb"
     kwargs = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
@@ -175,14 +180,9 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
     if surface_forms is None:
         c = doc.constants.get("surface-forms")
         surface_forms = c.value if c else DEFAULT_SURFACE_FORMS
-    t_aug = time.perf_counter()
     if augment is None:
         c = doc.constants.get("augment")
         augment = c.value if c else SPECS["augment"].default
-    if augment:
-        extra, aug_counts = augment_samples(sset, seed, surface_forms)
-    else:
-        extra, aug_counts = [], {"system": 0, "surface": 0, "chains": 0, "off_topic": 0}
 
     t2 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,6 +193,15 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
         produced: List[str] = []
         tok = _train_tokenizer(doc, sset)      # the file's own texts only
         t3 = time.perf_counter() - t2
+        t_aug = time.perf_counter()
+        if augment:
+            from .engine.render import render_answer
+            sources = _sources(doc)
+            extra, aug_counts = augment_samples(
+                sset, seed, surface_forms,
+                render=lambda items, thought: render_answer(tok, items, thought, sources)[0])
+        else:
+            extra, aug_counts = [], {"system": 0, "surface": 0, "chains": 0, "off_topic": 0}
         own_longest = max(int(T.encode_samples(part, tok)[1]["count"].max())
                           for part in (sset.train, sset.val) if part)
         limit = max(MIN_CONTEXT, own_longest)
@@ -209,7 +218,7 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
         say(f"augment  +{len(extra)} training samples: {aug_counts['system']} with other system "
             f"prompts, {aug_counts['surface']} surface forms ({surface_forms} per prompt), "
             f"{aug_counts['chains']} conversations, {aug_counts['off_topic']} off-topic "
-            f"refusals  [{time.perf_counter() - t_aug - t3:.2f} s]")
+            f"refusals  [{time.perf_counter() - t_aug:.2f} s]")
         for split, samples in (("train", train_samples), ("val", sset.val)):
             name = f"{split}_corpus.xml"
             _write(staging / name, dump_samples_xml(samples))
@@ -260,8 +269,7 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
             "corpus_format_version": T.CORPUS_FORMAT_VERSION,
             "index_format_version": T.INDEX_FORMAT_VERSION,
             "default_system": sset.default_system,
-            "sources": {i: {"url": d.url, "title": d.title}
-                        for i, d in doc.definitions["source"].items()},
+            "sources": _sources(doc),
             "files": {name: {"bytes": (staging / name).stat().st_size,
                              "sha256": sha256_file(staging / name)} for name in produced},
         }

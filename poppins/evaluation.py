@@ -282,20 +282,11 @@ class _Expect:
         self._cache: Dict = {}
 
     def answer(self, items, thought) -> "tuple[str, int]":
-        from .engine.render import Renderer
-        from .samples import Sample
+        from .engine.render import render_answer
 
         key = (items, thought)
         if key not in self._cache:
-            ids, index = T.encode_samples([Sample(prompt="q", items=items, thought=thought)],
-                                          self.tok)
-            ids = [int(i) for i in ids[int(index[0]["boundary"]):]]
-            end = ids.index(T.END_AI) + 1
-            ids = ids[:end]
-            r = Renderer(self.tok, self.sources)
-            for t in ids:
-                r.feed(t)
-            self._cache[key] = (r.text(final=True).strip(), len(ids))
+            self._cache[key] = render_answer(self.tok, items, thought, self.sources)
         return self._cache[key]
 
 

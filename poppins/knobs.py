@@ -267,7 +267,7 @@ KNOBS: Tuple[Knob, ...] = (
     _K("augment", "bool", True, "train on the file's samples only: no system-prompt copies, "
        "surface forms, synthetic conversations or off-topic refusals", attr="augment",
        constant="augment", flags=("--no-augment",), flag_value=False),
-    _K("surface-forms", "int", 2, "seeded surface variants (case, punctuation, typos, "
+    _K("surface-forms", "int", 3, "seeded surface variants (case, punctuation, typos, "
        "contractions, filler, spacing) added per training prompt (0: none)",
        attr="surface_forms", constant="surface-forms", flags=("--surface-forms",), lo=0, hi=64),
     _K("batch-size", "int", 6, "packed sequences per micro-batch", attr="batch_size",

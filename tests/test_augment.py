@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+
+import numpy as np
 from pathlib import Path
 
 from poppins.datastage import prepare_data
@@ -103,6 +105,76 @@ def test_conversations_chain_training_samples_and_keep_the_files_own(tmp_path):
     for s in cextra:
         orig = next(o for o in csset.train if o.items == s.items)
         assert s.turns == orig.turns
+
+
+def test_replayed_conversations_hold_the_rendered_history_a_client_sends(tmp_path):
+    render = lambda items, thought: "|".join(it.text for it in items) + f"#{thought}"
+    sset = _sset(CURRENT)
+    extra, counts = A.augment(sset, 1337, render=render)
+    chains = [s for s in extra if s.variant == "augment:conversation"]
+    links = [s for s in sset.train if not s.turns]
+    by_prompt = {s.prompt: s for s in links}
+    replayed = [c for c in chains if c.history]
+    # a replayed chain per link, and half as many chains learned turn by turn
+    assert len(replayed) == len(links)
+    assert len(chains) - len(replayed) == len(links) // 2
+    for c in replayed:
+        assert 2 <= len(c.history) + 1 + len(c.turns) <= A.MAX_CHAIN_TURNS
+        for user, assistant in c.history:
+            s = by_prompt[user]
+            assert assistant == render(s.items, s.thought)
+    # the file's own conversations, continued from each later turn with the earlier replayed
+    csset = _sset(CONV)
+    cextra, _ = A.augment(csset, 1337, render=render)
+    for s in csset.train:
+        turns = [(s.prompt, s.items, s.thought)] + [(t.prompt, t.items, t.thought)
+                                                    for t in s.turns]
+        for j in range(1, len(turns)):
+            want = tuple((p, render(i, t)) for p, i, t in turns[:j])
+            got = [x for x in cextra if x.history == want]
+            assert got and all((x.prompt, x.items, x.thought) == turns[j] and
+                               len(x.turns) == len(turns) - j - 1 for x in got)
+    # in the bins: the history is exactly what a client's messages become, before the
+    # boundary (never learned), and the learned turn after it
+    from poppins.corpus import tokens as T
+    from poppins.engine.render import render_answer
+    from poppins.tokenizer import Tokenizer
+    res = prepare_data(CONV, tmp_path / "out", log=None)
+    tok = Tokenizer.from_file(tmp_path / "out")
+    ids, index = T.read_bins(tmp_path / "out", "train")
+    samples = _dumped(tmp_path / "out" / "train_corpus.xml")
+    own = res.manifest["samples"]["train"]
+    seen = 0
+    for k, (off, count, bound) in enumerate(index.tolist()):
+        if k < own or not samples[k]["history"]:
+            continue
+        s = np.asarray(ids[off // 4: off // 4 + count]).tolist()
+        head = T.system_head_ids(tok, samples[k]["system"], None)
+        for user, assistant in samples[k]["history"]:
+            head += T.turn_ids(tok, "user", user) + T.turn_ids(tok, "assistant", assistant)
+        head += T.turn_ids(tok, "user", samples[k]["prompt"])
+        assert s[:bound] == head
+        seen += 1
+    assert seen >= 3
+    # the renderer the data stage uses is eval's: a source renders as its link
+    from poppins.samples import Item
+    items = (Item("text", "See"), Item("source", "so::x"), Item("line-break"))
+    text, n = render_answer(tok, items, None, {"so::x": {"url": "https://example.org/x"}})
+    assert text == "See (source: https://example.org/x)"
+    assert n == len(T.answer_ids(tok, items)) and T.answer_ids(tok, items)[-1] == T.END_AI
+
+
+def _dumped(path):
+    """(system, history, first prompt) of every sample of a train_corpus.xml."""
+    import xml.etree.ElementTree as ET
+    out = []
+    for el in ET.parse(path).getroot():
+        sy = el.find("system")
+        out.append({"system": sy.text if sy is not None else "",
+                     "history": [(h.find("user").text, h.find("assistant").text)
+                                 for h in el.findall("history")],
+                     "prompt": el.find("prompt").find("text").text})
+    return out
 
 
 def test_off_topic_refusals_only_with_a_beyond_scope_block(tmp_path):

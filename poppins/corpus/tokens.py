@@ -108,6 +108,8 @@ def _item_text(it) -> str:
 
 def _pieces(sample) -> List[str]:
     out = [sample.system] if sample.system else []
+    for user, assistant in sample.history:
+        out += [user, assistant]
     for prompt, thought, items in _turns(sample):
         out.append(prompt)
         if thought:
@@ -161,29 +163,38 @@ def _flat(parts) -> List[int]:
     return [int(i) for p in parts for i in p]
 
 
+def _answer_parts(thought, items, enc) -> List:
+    """``[<thought> T </thought>] <ai> items </ai>``: one turn's answer, as learned."""
+    parts: List = thought_part(enc[thought]) if thought else []
+    parts.append([AI])
+    for it in items:
+        if it.kind == "text":
+            parts += text_part(enc[it.text])
+        elif it.kind == "source":
+            parts += [[SOURCE], enc[source_token(it.text)], [END_SOURCE]]
+        elif it.kind == "line-break":
+            parts.append([_S[LINE_BREAK if it.count == 1 else LINE_BREAK_2]])
+        else:
+            parts += [[_S[code_open(it.lang, it.inline, it.indent)]], enc[it.text],
+                      [_S[code_close(it.lang)]]]
+    parts.append([END_AI])
+    return parts
+
+
 def _stream(sample, enc: Dict[str, np.ndarray]) -> Tuple[List[np.ndarray], int]:
     parts: List = [[SAMPLE]]
     if sample.system:
         parts += system_part(enc[sample.system])
+    for user, assistant in sample.history:
+        # earlier exchanges as a client sends them back (rendered text; before the boundary,
+        # so never learned): what ``turn_ids`` builds for a client's messages
+        parts += prompt_part(enc[user]) + answer_text_part(enc[assistant])
     boundary = None
     for prompt, thought, items in _turns(sample):
         parts += prompt_part(enc[prompt])
         if boundary is None:
             boundary = sum(len(p) for p in parts)
-        if thought:
-            parts += thought_part(enc[thought])
-        parts.append([AI])
-        for it in items:
-            if it.kind == "text":
-                parts += text_part(enc[it.text])
-            elif it.kind == "source":
-                parts += [[SOURCE], enc[source_token(it.text)], [END_SOURCE]]
-            elif it.kind == "line-break":
-                parts.append([_S[LINE_BREAK if it.count == 1 else LINE_BREAK_2]])
-            else:
-                parts += [[_S[code_open(it.lang, it.inline, it.indent)]], enc[it.text],
-                          [_S[code_close(it.lang)]]]
-        parts.append([END_AI])
+        parts += _answer_parts(thought, items, enc)
     parts.append([END_SAMPLE])
     return parts, boundary
 
@@ -237,6 +248,16 @@ def prompt_ids(tokenizer, prompt: str, system: Optional[str] = None) -> List[int
     ``<sample> [<system>S</system>] <prompt><text>P</text></prompt>``, texts encoded with
     special-token matching off (markup in them stays plain text)."""
     return sample_head_ids(tokenizer, system) + _flat(prompt_part(_encoder(tokenizer)(prompt)))
+
+
+def answer_ids(tokenizer, items, thought: Optional[str] = None) -> List[int]:
+    """The ids a model produces for one answer (``[<thought>...</thought>] <ai> ... </ai>``),
+    exactly as the training streams hold it."""
+    e = _encoder(tokenizer)
+    texts = ([thought] if thought else []) + [_item_text(it) for it in items
+                                               if it.kind != "line-break"]
+    enc = {t: e(t) for t in texts}
+    return _flat(_answer_parts(thought, items, enc))
 
 
 def turn_ids(tokenizer, role: str, text: str, tokens=None) -> List[int]:

@@ -20,7 +20,9 @@ Layout (text escaped, so user text such as ``<html>`` stays text)::
     </samples>
 
 Each element mirrors one special token of the model's stream (see poppins.special_tokens);
-multi-line text and code are written verbatim (escaped), not re-indented.
+multi-line text and code are written verbatim (escaped), not re-indented.  A replayed
+conversation (augmentation) has ``<history><user>U</user><assistant>A</assistant></history>``
+elements after ``<system>``: earlier exchanges as a client sends them back, not learned.
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ def dump_samples_xml(samples: Iterable) -> str:
         out.append(f"  <sample{attrs}>\n")
         if s.system:
             out.append(f"    <system>{_esc(s.system)}</system>\n")
+        for user, assistant in s.history:   # replayed as a client sends it (never learned)
+            out.append(f"    <history>\n      <user>{_esc(user)}</user>\n      <assistant>"
+                       f"{_esc(assistant)}</assistant>\n    </history>\n")
         for prompt, thought, items in [(s.prompt, s.thought, s.items)] + \
                 [(t.prompt, t.thought, t.items) for t in s.turns]:
             out.append(f"    <prompt>\n      <text>{_esc(prompt)}</text>\n    </prompt>\n")

@@ -37,7 +37,7 @@ for _lang in CODE_LANGS:
     _CODE_CLOSE[S[code_close(_lang)]] = _lang
 
 LB1, LB2 = S[LINE_BREAK], S[LINE_BREAK_2]
-from ..corpus.tokens import STOP_IDS, source_id  # noqa: E402  (the layout: defined once)
+from ..corpus.tokens import STOP_IDS, answer_ids, source_id  # noqa: E402  (the layout: once)
 
 
 def _decode(data: bytes, final: bool) -> str:
@@ -207,3 +207,16 @@ class Renderer:
             return base
         pre = self._prefix_for(kind, info) if data else ""
         return base + pre + body
+
+
+def render_answer(tokenizer, items, thought: Optional[str] = None,
+                  sources: Optional[Mapping] = None) -> "tuple[str, int]":
+    """The rendered text of one answer (its items and thought, as a trained model produces
+    them: ``poppins.corpus.tokens.answer_ids``) with whitespace trimmed, and the number of
+    ids it takes.  What a client shows and sends back as the assistant's message: ``eval``
+    expects it, and training's replayed conversations hold it."""
+    ids = answer_ids(tokenizer, items, thought)
+    r = Renderer(tokenizer, sources)
+    for t in ids:
+        r.feed(t)
+    return r.text(final=True).strip(), len(ids)

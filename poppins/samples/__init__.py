@@ -109,6 +109,10 @@ class Sample:
     origin: str = ""     # "file:line" where the sample (or its topic) is written
     variant: str = ""    # "" for an original; "file:line" of the phrase variant otherwise
     turns: Tuple[Turn, ...] = ()
+    #: Earlier exchanges replayed before the first prompt as a client sends them back:
+    #: (user text, the assistant's rendered answer) pairs, never learned (training
+    #: augmentation only; see poppins.samples.augment).
+    history: Tuple[Tuple[str, str], ...] = ()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Training augmentation: the same answers under the inputs people and clients send.
 
     from poppins.samples.augment import augment
-    extra, counts = augment(sset, seed=1337, surface_forms=2)
+    extra, counts = augment(sset, seed=1337, surface_forms=3)
 
 Added to the training split only (never to validation), after the file's own samples, and
 stored in the corpus bins, so the same file and seed give the same bytes.  Every draw comes
@@ -17,36 +17,50 @@ variants do not depend on the order of the others.  Four families:
   to a validation prompt (or to one after case, spacing and punctuation are ignored) is never
   added.
 * **conversations**: chains of 2..:data:`MAX_CHAIN_TURNS` single-turn training samples as one
-  conversation, every answer with loss (the file's own conversations are kept as they are and
-  never used as links).
+  conversation; with a renderer the first 1..n-1 turns are replayed as a client sends them
+  back (``Sample.history``: the rendered answer as plain text, never learned) and the rest
+  are learned, and each of the file's own conversations is also replayed that way from each
+  later turn on (the file's conversations are never used as links).
 * **off-topic**: where the file has a beyond-scope block, its refusal on generated off-topic
   prompts (:func:`off_topic_prompts`, built in; prompts that share a content word with a
-  prompt of the file are left out).
+  prompt of the file are left out), with no, the default or the block's system prompt only.
 """
 from __future__ import annotations
 
 import random
 import re
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 MAX_CHAIN_TURNS = 4
 #: Generated off-topic questions per file (where it has a beyond-scope block).
-OFF_TOPIC_MIN, OFF_TOPIC_MAX = 20, 150
+OFF_TOPIC_MIN, OFF_TOPIC_MAX = 20, 300
 
-#: Generic system prompts seen in training (a role and an instruction, combined).  Eval's
-#: client system prompts ("You are a helpful assistant." ...) are not among them.
+#: Generic system prompts seen in training: an optional introduction, a role and an optional
+#: instruction, combined (about 1,700 of one to three sentences).  Eval's client system
+#: prompts ("You are a helpful assistant." ...) are held out: none of them is among these,
+#: and no role here says "helpful assistant".
+_INTROS = ("", "", "", "You are Nova, made by a small team. ",
+           "You are Atlas, created by a software company. ",
+           "You are Sage, built by an open-source community. ",
+           "You are Echo, an AI developed by a research lab. ",
+           "This is a conversation between a user and an AI. ",
+           "The following is a chat with a virtual assistant. ")
 _ROLES = ("You are a knowledgeable guide.", "You are an expert tutor.",
           "You are a concise support agent.", "You are a patient teacher.",
           "You are a reliable reference assistant.", "You are a calm and precise helper.",
           "Act as a friendly advisor.", "You are a documentation bot.",
-          "You are Nova, an assistant built by a small team.",
-          "You are Atlas, a chatbot made by a software company.",
-          "The following is a conversation with an assistant.",
-          "You are a virtual assistant on a website.")
-_RULES = ("", " Keep replies short.", " Be accurate.", " Answer in plain English.",
-          " Reply clearly and politely.", " Use simple words.")
-GENERIC_SYSTEMS: Tuple[str, ...] = tuple(r + x for r in _ROLES for x in _RULES)
+          "You are a kind, careful and clear assistant.", "You are a smart and honest AI.",
+          "You are an AI model that answers questions.", "You are a chatbot.",
+          "You are an assistant on a company website.", "You are a polite and useful AI.",
+          "You are a large language model.", "The assistant answers the user's questions.",
+          "You are an AI companion.", "You are a question-answering system.")
+_RULES = ("", "", " Keep replies short.", " Be accurate.", " Answer in plain English.",
+          " Reply clearly and politely.", " Use simple words.", " Think before you answer.",
+          " Give detailed, correct answers.", " Be brief and friendly.",
+          " If you do not know, say so.")
+GENERIC_SYSTEMS: Tuple[str, ...] = tuple(dict.fromkeys(
+    i + r + x for i in _INTROS for r in _ROLES for x in _RULES))
 
 _CONTRACTIONS = (("what is", "what's"), ("how is", "how's"), ("it is", "it's"),
                  ("do not", "don't"), ("does not", "doesn't"), ("is not", "isn't"),
@@ -172,6 +186,28 @@ _OFF_TEMPLATES = (
     "What is the best {media} this year?", "How do I train my {pet}?",
     "What's the history of {landmark}?", "Do you like {thing2}?", "Tell me about {person}s.",
     "What happened in {country} yesterday?", "How far is {city} from {city2}?",
+    # other forms: commands, yes/no questions, opinions, personal requests, no question mark
+    "Book me a table for two in {city}.", "Should I buy {product} or wait?",
+    "Which {product} is the cheapest right now?", "Is it safe to swim with {animal}?",
+    "I have a headache, what should I take?", "How do I fix a leaking {household}?",
+    "How often should I water {plant}?", "What's the best time to plant {plant}?",
+    "Who invented the {invention}?", "When did the {invention} become popular?",
+    "Why is the sky orange at sunset in {city}?", "What's your favourite {media}?",
+    "Tell me something interesting about {country}", "how old is {landmark}",
+    "recommend a {media} for tonight", "Are {animal} good pets?",
+    "What is the exchange rate between the {currency} and the euro?",
+    "Should I invest in {product} stocks?", "Can you help me write a birthday card for my "
+    "{relative}?", "What should I wear to a wedding in {city}?", "Who sang the song about "
+    "{thing}?", "How many goals did the {team} score last season?",
+    "Which team will win the {event} this year?", "What are the opening hours of the museum "
+    "in {city}?", "How do I get rid of {pest} in my kitchen?", "Is {food} healthy?",
+    "What wine goes well with {food}?", "Can I bring my {pet} on a plane?",
+    "Describe a sunset over {landmark}.", "Give me three fun facts about {animal}.",
+    "What do you think about {thing2}?", "Where should I go on holiday in {country}?",
+    "Which yarn is best for a {clothing}?", "Which {clothing} is in fashion this winter?",
+    "What is the tallest building in {city}?", "Who was the first king of {country}?",
+    "What's the population of {city}?", "Can you play {game} with me?",
+    "How do you say 'thank you' in {language}?", "Is it going to snow in {city} next week?",
 )
 _FILL = {
     "event": ("marathon", "chess championship", "song contest", "cycling tour", "regatta"),
@@ -190,6 +226,15 @@ _FILL = {
     "food": ("risotto", "pancakes", "sushi", "lasagna", "dumplings"),
     "city2": ("Berlin", "Cairo", "Denver", "Madrid", "Seoul"),
     "game": ("badminton", "backgammon", "curling", "mahjong", "water polo"),
+    "product": ("a new phone", "an electric car", "a smartwatch", "a coffee machine",
+                "a gold ring"),
+    "household": ("tap", "roof", "washing machine", "fridge door"),
+    "plant": ("roses", "basil", "orchids", "cactus plants", "sunflowers"),
+    "invention": ("telephone", "bicycle", "light bulb", "printing press", "zipper"),
+    "currency": ("dollar", "yen", "rupee", "peso", "pound"),
+    "team": ("Lisbon Lions", "Osaka Hawks", "Denver Bears", "Madrid Comets"),
+    "pest": ("ants", "mice", "fruit flies", "cockroaches"),
+    "clothing": ("scarf", "sweater", "hat", "pair of socks"),
 }
 
 
@@ -231,12 +276,20 @@ def system_dependent_prompts(samples: Sequence) -> set:
     return out
 
 
-def augment(sset, seed: int, surface_forms: int = 2,
-            beyond: Optional[Sequence] = None) -> Tuple[List, Dict[str, int]]:
+def augment(sset, seed: int, surface_forms: Optional[int] = None,
+            beyond: Optional[Sequence] = None,
+            render: Optional[Callable] = None) -> Tuple[List, Dict[str, int]]:
     """The augmented training samples of ``sset`` (a SampleSet) and their counts by family.
     ``beyond``: the file's beyond-scope samples (their refusal is taught on generated
-    off-topic prompts); None to take them from ``sset`` (samples whose origin is the block)."""
+    off-topic prompts); None to take them from ``sset`` (samples whose origin is the block).
+    ``render(items, thought) -> str``: an answer's rendered text (what a client shows and
+    sends back: ``poppins.engine.render.render_answer``); with it, conversations replay
+    their earlier turns as a client does (``Sample.history``), without it every turn is a
+    learned turn."""
     from . import Sample, Turn
+    if surface_forms is None:
+        from ..knobs import BY_NAME
+        surface_forms = BY_NAME["surface-forms"].default
     everything = [s for g in sset.groups for s in g]
     dependent = system_dependent_prompts(everything)
     val_exact = {s.prompt for s in sset.val}
@@ -250,7 +303,7 @@ def augment(sset, seed: int, surface_forms: int = 2,
 
     def copy(s, **kw):
         d = dict(prompt=s.prompt, items=s.items, system=s.system, thought=s.thought,
-                 origin=s.origin, variant="", turns=s.turns)
+                 origin=s.origin, variant="", turns=s.turns, history=s.history)
         d.update(kw)
         return Sample(**d)
 
@@ -268,8 +321,8 @@ def augment(sset, seed: int, surface_forms: int = 2,
             for k, v in enumerate(surface_variants(s.prompt, surface_forms, seed)):
                 if v in val_exact or (_key(v) in val_keys and _key(v) != own_key):
                     continue   # never a validation prompt in training
-                choices = [s.system, None, default, generic(s.prompt, k + 1)] if free \
-                    else [s.system]
+                choices = [s.system, None, default, generic(s.prompt, k + 1),
+                           generic(s.prompt, k + 101)] if free else [s.system]
                 sy = random.Random(f"poppins-surface-system:{seed}:{k}:{s.prompt}") \
                     .choice(choices)
                 out.append(copy(s, prompt=v, system=sy, variant="augment:surface"))
@@ -278,14 +331,31 @@ def augment(sset, seed: int, surface_forms: int = 2,
     links = [s for s in sset.train if not s.turns and _key(s.prompt) not in dependent]
     if len(links) >= 2:
         r = random.Random(f"poppins-chains:{seed}")
-        for _ in range(len(links)):
+        # with a renderer: len(links) chains whose first 1..n-1 turns are replayed as a
+        # client sends them back, and half as many with every turn learned (fewer of those
+        # left chains unlearned, more did not help); without one, len(links) learned chains
+        learned = len(links) // 2 if render else len(links)
+        for k in range(learned + (len(links) if render else 0)):
             chain = r.sample(links, min(len(links), r.randint(2, MAX_CHAIN_TURNS)))
-            first = chain[0]
             sy = r.choice([None, default, default, r.choice(GENERIC_SYSTEMS)])
-            out.append(copy(first, system=sy, origin=first.origin,
+            h = r.randint(1, len(chain) - 1) if k >= learned else 0
+            history = tuple((c.prompt, render(c.items, c.thought)) for c in chain[:h])
+            first, rest = chain[h], chain[h + 1:]
+            out.append(copy(first, system=sy, origin=first.origin, history=history,
                             variant="augment:conversation",
-                            turns=tuple(Turn(c.prompt, c.items, c.thought) for c in chain[1:])))
+                            turns=tuple(Turn(c.prompt, c.items, c.thought) for c in rest)))
             counts["chains"] += 1
+    if render:
+        # the file's own conversations as a client continues them: turns 1..j replayed, the
+        # rest learned (a follow-up that needs its history still gets its trained answer)
+        for s in sset.train:
+            turns = [Turn(s.prompt, s.items, s.thought)] + list(s.turns)
+            for j in range(1, len(turns)):
+                history = tuple((t.prompt, render(t.items, t.thought)) for t in turns[:j])
+                out.append(copy(s, prompt=turns[j].prompt, items=turns[j].items,
+                                thought=turns[j].thought, turns=tuple(turns[j + 1:]),
+                                history=history, variant="augment:conversation"))
+                counts["chains"] += 1
 
     if beyond is None:   # the beyond-scope groups come last (poppins.samples)
         beyond = [g[0] for g in sset.groups[len(sset.groups) - sset.beyond_scope:]] \
@@ -297,15 +367,18 @@ def augment(sset, seed: int, surface_forms: int = 2,
             if s in beyond:
                 continue
             words.update(_WORD.findall(s.prompt))
-        # about one off-topic question per two in-scope training samples (between
-        # OFF_TOPIC_MIN and OFF_TOPIC_MAX), so the refusal never outweighs a small file
+        # about two off-topic questions per three in-scope training samples (between
+        # OFF_TOPIC_MIN and OFF_TOPIC_MAX; each in-scope sample is also seen 4-6 more times
+        # in the other families), so the refusal never outweighs a small file
         in_scope = len([s for s in sset.train if s not in set(beyond)])
-        n = min(OFF_TOPIC_MAX, max(OFF_TOPIC_MIN, in_scope // 2))
+        n = min(OFF_TOPIC_MAX, max(OFF_TOPIC_MIN, 2 * in_scope // 3))
         for q in off_topic_prompts(n, seed, avoid=words):
             if q in val_exact:
                 continue
+            # never a generic system prompt here: a refusal under unseen system prompts
+            # teaches "an unknown system prompt means refuse" (clients' prompts then fail)
             sy = random.Random(f"poppins-offtopic-system:{seed}:{q}").choice(
-                [b.system, None, default, generic(q)])
+                [b.system, None, default])
             out.append(copy(b, prompt=q, system=sy, turns=(), variant="augment:off-topic"))
             counts["off_topic"] += 1
     return out, counts
