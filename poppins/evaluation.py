@@ -27,7 +27,8 @@ Rows (see ``ROWS``):
 
 Surface families of eval (documented so training's augmentation stays disjoint): training's
 augmentation (issue 12, part B) uses case, punctuation, typos (dropped / doubled / swapped
-letters), contractions, filler and spacing.  Eval uses ``neighbour-key`` (one letter replaced
+letters), contractions, filler, spacing, asides (no greeting or thanks), generic synonyms,
+dropped function words and keyword queries.  Eval uses ``neighbour-key`` (one letter replaced
 by a neighbouring key of a QWERTY keyboard: a family training does not use), ``greeting`` (a
 greeting before the question: "hi, ", "hello! ", "hey there, "), ``thanks`` (a thank-you
 after it), and ``lower-bare`` (all lower case without the final punctuation), all drawn with

@@ -268,7 +268,8 @@ KNOBS: Tuple[Knob, ...] = (
        "surface forms, synthetic conversations or off-topic refusals", attr="augment",
        constant="augment", flags=("--no-augment",), flag_value=False),
     _K("surface-forms", "int", 3, "seeded surface variants (case, punctuation, typos, "
-       "contractions, filler, spacing) added per training prompt (0: none)",
+       "contractions, filler, asides, synonyms, dropped function words, keyword queries) added "
+       "per training prompt (0: none)",
        attr="surface_forms", constant="surface-forms", flags=("--surface-forms",), lo=0, hi=64),
     _K("batch-size", "int", 6, "packed sequences per micro-batch", attr="batch_size",
        constant="batch-size", flags=("--batch-size",), lo=1, hi=1 << 16),

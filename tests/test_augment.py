@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 from pathlib import Path
@@ -190,11 +191,17 @@ def test_off_topic_refusals_only_with_a_beyond_scope_block(tmp_path):
     assert not [q for q in A.off_topic_prompts(200, 1, avoid=["Lisbon"]) if "Lisbon" in q]
     no_block = _sset(write(tmp_path, SYSDEP))
     assert A.augment(no_block, 1337)[1]["off_topic"] == 0
-    # eval's off-topic probes (tests/data, written separately) are never trained on
+    # eval's probes (tests/data, written separately) are never trained on, nor anything close
+    # to one: no generated question shares half its content words with a probe
+    generated = [(q, set(A.content_words(q))) for q in A.off_topic_prompts(600, 1337)]
     for probe in REPO.glob("tests/data/**/*probe*"):
         if probe.is_file():
             text = probe.read_text(encoding="utf-8", errors="replace")
-            assert not [q for q in A.off_topic_prompts(400, 1337) if q in text], probe
+            assert not [q for q, _ in generated if q in text], probe
+            for x in re.findall(r"<(?:question|paraphrase)[^>]*>([^<]+)<", text):
+                a = set(A.content_words(x))
+                near = [q for q, b in generated if a and len(a & b) >= 0.5 * len(a | b)]
+                assert not near, (probe.name, x, near[:3])
 
 
 def test_data_stage_stores_augmentation_after_the_files_samples(tmp_path, capsys):
@@ -267,3 +274,27 @@ def test_training_augmentation_is_disjoint_from_evals_held_out_cases():
     greetings, thanks = ("hi, ", "hello! ", "hey there, "), (" Thanks!", " thank you", " Thanks.")
     assert not [p for p in A._PREFIXES if p in greetings]
     assert not [x for x in A._SUFFIXES if x.strip(" ,").lower().startswith("thank")]
+
+
+def test_new_surface_families_stay_disjoint_from_evals():
+    from poppins import evaluation as E
+    # eval's greeting and thanks words never appear in training's filler or asides
+    words = " ".join(A._PREFIXES + A._SUFFIXES + A._ASIDES).casefold()
+    assert not [w for w in ("thank", "hello", "hi,", "hey") if w in words]
+    assert set(A.FAMILIES).isdisjoint(E.EVAL_FAMILIES)
+    r = __import__("random").Random(3)
+    assert A._deletion("How do I get a library card?", r) != "How do I get a library card?"
+    assert A._synonym("Can I print at the library?", r) != "Can I print at the library?"
+    assert A._aside("Is there wifi?", r) != "Is there wifi?"
+
+
+def test_keyword_forms_only_where_a_word_belongs_to_one_answer():
+    from poppins.samples import Sample
+    a = Sample(prompt="How do I renew a book?", items=(("text", "Online."),))
+    b = Sample(prompt="How do I return a book?", items=(("text", "At the desk."),))
+    c = Sample(prompt="Where do I return a book?", items=(("text", "At the desk."),))
+    kf = A.keyword_forms([a, b, c], 1)
+    assert "renew book" in kf[a.prompt] and "return book" in kf[b.prompt]
+    d = Sample(prompt="What is a book?", items=(("text", "Pages."),))
+    assert d.prompt not in A.keyword_forms([a, d], 1)   # 'book' belongs to both answers
+    assert A.keyword_forms([a, b, c], 1) == kf

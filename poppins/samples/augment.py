@@ -13,7 +13,10 @@ variants do not depend on the order of the others.  Four families:
   eval's client system prompts are different and held out).  A prompt whose answer differs
   under different system prompts in the file keeps its own system prompt only.
 * **surface forms**: ``surface_forms`` variants of every training prompt: case, punctuation,
-  typos (dropped, doubled, swapped letters), contractions, filler, spacing.  A variant equal
+  typos (dropped, doubled, swapped letters), contractions, filler, spacing, an aside (a
+  sentence of context before or after), a synonym of a generic word (``_SYNONYMS``), a dropped
+  function word, and a keyword query (the prompt's content words in a generic frame, where one
+  of them belongs to no other answer: :func:`keyword_forms`).  A variant equal
   to a validation prompt (or to one after case, spacing and punctuation are ignored) is never
   added.
 * **conversations**: chains of 2..:data:`MAX_CHAIN_TURNS` single-turn training samples as one
@@ -69,8 +72,34 @@ _CONTRACTIONS = (("what is", "what's"), ("how is", "how's"), ("it is", "it's"),
                  ("there is", "there's"), ("you are", "you're"), ("let us", "let's"))
 #: Filler (eval's unseen families, greetings and thanks, are not among them).
 _PREFIXES = ("please ", "can you tell me ", "could you tell me ", "quick question: ",
-             "i'd like to know ", "tell me ", "so, ", "i wonder, ")
-_SUFFIXES = (" please", ", please", " for me", " exactly")
+             "i'd like to know ", "tell me ", "so, ", "i wonder, ", "ok so ", "um, ",
+             "question: ", "one more thing: ", "i need to know: ", "do you know ")
+_SUFFIXES = (" please", ", please", " for me", " exactly", " again", " right now",
+             " if you can", " in short", " briefly", ", quickly", " in a few words")
+#: A sentence of context said before or after the question (never a greeting or thanks,
+#: which are eval's families).
+_ASIDES = ("I'm new to this.", "Just curious.", "Sorry if this is a basic question.",
+           "Asking for a friend.", "I have a question.", "Quick one.", "I was wondering.",
+           "Help me out here.", "I need to know.", "This is for a project.",
+           "I forgot again.", "My friend asked me.", "Be honest.", "I looked everywhere.",
+           "It's urgent.", "Short answer is fine.", "Sorry for asking.", "One question.")
+#: Words and phrases said either way (generic English, no topic words): a prompt's first
+#: match is replaced by another of its group.
+_SYNONYMS = (("can i", "could i", "may i"), ("how do i", "how can i", "how should i"),
+             ("how do you", "how can you", "how does one"), ("can you", "could you"),
+             ("do you", "does the"), ("is there", "are there"), ("get", "obtain"),
+             ("buy", "purchase"), ("start", "begin"), ("use", "utilize"), ("need", "require"),
+             ("make", "create"), ("find", "locate"), ("fix", "repair"), ("big", "large"),
+             ("small", "little"), ("fast", "quick"), ("help", "assist"), ("show", "display"),
+             ("choose", "pick", "select"), ("stop", "end"), ("change", "modify"),
+             ("explain", "describe"), ("tell me", "show me"), ("what", "which"),
+             ("a", "the"), ("i", "we"), ("my", "our"), ("you", "u"), ("allowed", "permitted"),
+             ("want", "wish"), ("keep", "hold"), ("open", "opened"), ("cost", "price"),
+             ("many", "much"), ("long", "much time"), ("give", "provide"), ("about", "regarding"))
+#: Words a deletion may drop (function words: the content words stay).
+_STOPWORDS = frozenset(
+    "a an the is are am was do does did can could may i you we my your our to of for in on at "
+    "with and or it its this that there me please so just really".split())
 _WORD = re.compile(r"[A-Za-z]{4,}")
 
 
@@ -147,24 +176,92 @@ def _spacing(p: str, r: random.Random) -> str:
     return p + " "
 
 
+def _aside(p: str, r: random.Random) -> str:
+    a = r.choice(_ASIDES)
+    return f"{a} {p}" if r.random() < 0.3 else f"{p.rstrip()} {a}"
+
+
+def _synonym(p: str, r: random.Random) -> str:
+    low = p.lower()
+    hits = []
+    for group in _SYNONYMS:
+        for w in group:
+            m = re.search(rf"\b{re.escape(w)}\b", low)
+            if m:
+                hits.append((m, w, group))
+    if not hits:
+        return p
+    m, w, group = r.choice(hits)
+    rep = r.choice([g for g in group if g != w])
+    if m.start() == 0 and p[:1].isupper():
+        rep = rep[:1].upper() + rep[1:]
+    return p[:m.start()] + rep + p[m.end():]
+
+
+def _deletion(p: str, r: random.Random) -> str:
+    words = list(re.finditer(r"[A-Za-z']+", p))
+    spots = [m for m in words if m.group().lower() in _STOPWORDS]
+    if len(words) < 3 or not spots:
+        return p
+    m = r.choice(spots)
+    out = (p[:m.start()] + p[m.end():].lstrip(" ")).lstrip()
+    return out[:1].upper() + out[1:] if p[:1].isupper() else out
+
+
 #: The training surface families (eval's unseen variants use others).
 FAMILIES = {"case": _case, "punctuation": _punct, "typo": _typo, "contraction": _contraction,
-            "filler": _filler, "spacing": _spacing}
+            "filler": _filler, "spacing": _spacing, "aside": _aside, "synonym": _synonym,
+            "deletion": _deletion}
+#: How often each family is drawn (1 if not named): a sentence said before or after the
+#: question is what users add most, and typos break a word's tokens the most.
+FAMILY_WEIGHTS = {"aside": 3, "typo": 2}
 
 
 def surface_variants(prompt: str, n: int, seed: int) -> List[str]:
     """Up to ``n`` distinct variants of ``prompt`` (each one or two families), seeded."""
     out: List[str] = []
     names = sorted(FAMILIES)
+    weights = [FAMILY_WEIGHTS.get(f, 1) for f in names]
     for k in range(4 * n):
         if len(out) >= n:
             break
         r = random.Random(f"poppins-surface:{seed}:{k}:{prompt}")
         v = prompt
-        for fam in r.sample(names, r.choice((1, 1, 2))):
+        picked = r.choices(names, weights, k=r.choice((1, 1, 2)))
+        for fam in dict.fromkeys(picked):
             v = FAMILIES[fam](v, r)
         if v.strip() and v != prompt and v not in out:
             out.append(v)
+    return out
+
+
+#: Frames of a keyword form: the prompt said as a search query, its content words only.
+_KEY_FRAMES = ("{k}?", "{k}", "about {k}", "what about {k}?", "{k}: what do you know?",
+               "info on {k}", "question about {k}", "{k}, tell me")
+_QUESTION_WORDS = frozenset("what which who whom whose when where why how does did has have "
+                            "had will would should shall tell explain define mean means "
+                            "about".split())
+
+
+def content_words(text: str) -> List[str]:
+    """The words of ``text`` (3+ characters) that are neither function nor question words."""
+    return [w for w in re.findall(r"[a-z0-9](?:[a-z0-9'.-]*[a-z0-9])?", text.casefold())
+            if len(w) > 2 and w not in _STOPWORDS and w not in _QUESTION_WORDS]
+
+
+def keyword_forms(samples: Sequence, seed: int) -> Dict[str, str]:
+    """For each prompt of ``samples`` with a content word that no prompt with another answer
+    uses, its keyword form: its content words in order, in a generic frame."""
+    owners: Dict[str, set] = defaultdict(set)
+    for s in samples:
+        for w in content_words(s.prompt):
+            owners[w].add((s.items, s.thought))
+    out = {}
+    for s in samples:
+        words = list(dict.fromkeys(content_words(s.prompt)))
+        if any(owners[w] == {(s.items, s.thought)} for w in words):
+            r = random.Random(f"poppins-keyword:{seed}:{s.prompt}")
+            out[s.prompt] = r.choice(_KEY_FRAMES).format(k=" ".join(words))
     return out
 
 
@@ -173,8 +270,7 @@ _OFF_TEMPLATES = (
     "Who won the {event} last year?", "What's the weather like in {city} today?",
     "Can you recommend a good {media}?", "How do I get from the airport to {city} center?",
     "Write a short poem about {thing}.", "Tell me a joke about {thing}.",
-    "What is the capital of {country}?", "How tall is {landmark}?",
-    "When was {landmark} built?", "What do {animal} eat?", "How long do {animal} live?",
+    "What is the capital of {country}?", "When was {landmark} built?", "What do {animal} eat?", "How long do {animal} live?",
     "Translate 'good morning' into {language}.", "What time is it in {city} right now?",
     "Who is the most famous {person} of all time?", "Plan a weekend trip to {city} for me.",
     "What should I name my new {pet}?", "Is {thing} better than {thing2}?",
@@ -183,14 +279,12 @@ _OFF_TEMPLATES = (
     "Summarize the plot of a famous {media}.", "What are the rules of {game}?",
     "Who is the president of {country}?", "How do I cook {food}?", "What's the score of the "
     "{game} match?", "Can you sing a song about {thing}?", "Where can I buy {food}?",
-    "What is the best {media} this year?", "How do I train my {pet}?",
-    "What's the history of {landmark}?", "Do you like {thing2}?", "Tell me about {person}s.",
+    "What is the best {media} this year?", "What's the history of {landmark}?", "Do you like {thing2}?", "Tell me about {person}s.",
     "What happened in {country} yesterday?", "How far is {city} from {city2}?",
     # other forms: commands, yes/no questions, opinions, personal requests, no question mark
     "Book me a table for two in {city}.", "Should I buy {product} or wait?",
     "Which {product} is the cheapest right now?", "Is it safe to swim with {animal}?",
-    "I have a headache, what should I take?", "How do I fix a leaking {household}?",
-    "How often should I water {plant}?", "What's the best time to plant {plant}?",
+    "I have a headache, what should I take?", "How often should I water {plant}?", "What's the best time to plant {plant}?",
     "Who invented the {invention}?", "When did the {invention} become popular?",
     "Why is the sky orange at sunset in {city}?", "What's your favourite {media}?",
     "Tell me something interesting about {country}", "how old is {landmark}",
@@ -201,13 +295,38 @@ _OFF_TEMPLATES = (
     "{thing}?", "How many goals did the {team} score last season?",
     "Which team will win the {event} this year?", "What are the opening hours of the museum "
     "in {city}?", "How do I get rid of {pest} in my kitchen?", "Is {food} healthy?",
-    "What wine goes well with {food}?", "Can I bring my {pet} on a plane?",
+    "Can I bring my {pet} on a plane?",
     "Describe a sunset over {landmark}.", "Give me three fun facts about {animal}.",
     "What do you think about {thing2}?", "Where should I go on holiday in {country}?",
     "Which yarn is best for a {clothing}?", "Which {clothing} is in fashion this winter?",
     "What is the tallest building in {city}?", "Who was the first king of {country}?",
-    "What's the population of {city}?", "Can you play {game} with me?",
+    "Can you play {game} with me?",
     "How do you say 'thank you' in {language}?", "Is it going to snow in {city} next week?",
+    # health, home, hobbies, money, nature, people, feelings, advice
+    "How do I stop {habit}?",
+    "What is a good exercise for my {bodypart}?", "My {bodypart} hurts, is that bad?",
+    "How do I make {dish} from scratch?", "What temperature should I bake {dish} at?",
+    "Teach me how to {hobby}.", "Is {hobby} hard to learn?",
+    "What do I need to start {hobby}?", "How often should I service my {vehicle}?", "Why does my {vehicle} make a noise?",
+    "Why is {planet} that color?", "How deep is the {sea}?", "Which fish live in the {sea}?",
+    "Has anyone climbed {mountain} without oxygen?",
+    "When is the next {sport} world championship?", "How old is the {celebrity}?",
+    "Is the {celebrity} married?", "Write a song for my {relative}'s birthday.",
+    "Compose a haiku about {thing}.", "Give me a recipe with {ingredient}.",
+    "Can I freeze {ingredient}?", "How do I keep {ingredient} fresh?",
+    "I feel sad today, can you cheer me up?", "How do I ask my {relative} for money?",
+    "Should I quit my job as a {job}?", "How much does a {job} earn?",
+    "What is the best age to retire?", "Can you pick lottery numbers for me?",
+    "Which horse will win the race on {day}?", "What's my horoscope for {day}?",
+    "Do you dream at night?", "What is your favourite color?", "Are you a real person?",
+    "Where do you live?", "What did you eat for breakfast?", "Can you call my {relative}?",
+    "Order a pizza with {ingredient} for me.", "Remind me to buy {ingredient} tomorrow.",
+    "what's the news today", "tell me a bedtime story", "who will win the election",
+    "is it going to rain", "cheap flights to {city}", "best hotels in {city}",
+    "Is {celebrity} coming to {city}?", "What should I name my {vehicle}?",
+    "How long does it take to walk to {city}?", "Is {illness} contagious?", "How do I treat {illness} at home?",
+    "How do I decorate my {room}?", "What color should I paint my {room}?",
+    "How do I clean a {household}?", "Why is my {plant} dying?",
 )
 _FILL = {
     "event": ("marathon", "chess championship", "song contest", "cycling tour", "regatta"),
@@ -234,7 +353,22 @@ _FILL = {
     "currency": ("dollar", "yen", "rupee", "peso", "pound"),
     "team": ("Lisbon Lions", "Osaka Hawks", "Denver Bears", "Madrid Comets"),
     "pest": ("ants", "mice", "fruit flies", "cockroaches"),
-    "clothing": ("scarf", "sweater", "hat", "pair of socks"),
+    "clothing": ("scarf", "sweater", "hat", "pair of socks", "skirt", "jacket"),
+    "habit": ("snoring", "biting my nails", "eating sugar", "procrastinating"),
+    "bodypart": ("back", "knee", "shoulder", "neck", "ankle"),
+    "dish": ("croissants", "a carrot cake", "bagels", "meatballs", "apple pie"),
+    "hobby": ("juggle", "play the ukulele", "paint with watercolors", "surf", "crochet",
+              "do pottery", "ski"),
+    "vehicle": ("motorbike", "pickup truck", "scooter", "camper van", "sports car"),
+    "planet": ("Mars", "Jupiter", "Saturn", "Venus", "Neptune"),
+    "sea": ("Baltic Sea", "Red Sea", "Pacific Ocean", "Dead Sea"),
+    "mountain": ("Mont Blanc", "Denali", "K2", "Aconcagua", "Mount Fuji"),
+    "sport": ("tennis", "rugby", "golf", "volleyball", "ice hockey", "basketball"),
+    "celebrity": ("famous actor", "pop singer", "star footballer", "royal prince"),
+    "ingredient": ("mushrooms", "spinach", "salmon", "avocado", "ginger", "cheese"),
+    "job": ("nurse", "pilot", "plumber", "lawyer", "baker"),
+    "illness": ("chickenpox", "a cold", "hay fever", "migraine"),
+    "room": ("bedroom", "living room", "bathroom", "kitchen"),
 }
 
 
@@ -307,6 +441,8 @@ def augment(sset, seed: int, surface_forms: Optional[int] = None,
         d.update(kw)
         return Sample(**d)
 
+    keywords = keyword_forms(everything, seed)
+    other_keys = {_key(s.prompt) for s in everything}
     for s in sset.train:
         free = _key(s.prompt) not in dependent
         systems = [None, default, generic(s.prompt)] if free else [s.system]
@@ -318,7 +454,11 @@ def augment(sset, seed: int, surface_forms: Optional[int] = None,
                 counts["system"] += 1
         if surface_forms:
             own_key = _key(s.prompt)
-            for k, v in enumerate(surface_variants(s.prompt, surface_forms, seed)):
+            forms = surface_variants(s.prompt, surface_forms, seed)
+            kf = keywords.get(s.prompt) if not s.turns and free else None
+            if kf and _key(kf) not in other_keys:
+                forms[-1:] = [kf]
+            for k, v in enumerate(forms):
                 if v in val_exact or (_key(v) in val_keys and _key(v) != own_key):
                     continue   # never a validation prompt in training
                 choices = [s.system, None, default, generic(s.prompt, k + 1),
