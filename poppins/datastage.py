@@ -27,7 +27,7 @@ from .errors import PoppinsError
 from .fileio import sha256_file
 from .export.template import set_in_tokenizer_config as set_chat_template
 from .samples import DEFAULT_SEED, SampleSet, build_samples
-from .samples.augment import augment as augment_samples
+from .samples.augment import augment as augment_samples, auto_surface_forms
 from .trainxml import DEFAULT_MAX_XML_MB, TrainDoc, read_train_xml
 from .trainxml.constants import SPECS
 
@@ -40,7 +40,6 @@ DATA_FILES = ("train_corpus.xml", "val_corpus.xml", "tokenizer.json", "tokenizer
 STAGING_PREFIX = ".staging-"
 DEFAULT_VOCAB_SIZE = SPECS["bpe-vocab-size"].default                 # the knob table's
 DEFAULT_MIN_MERGE_FREQUENCY = SPECS["bpe-min-merge-frequency"].default
-DEFAULT_SURFACE_FORMS = SPECS["surface-forms"].default
 #: The default context is at least this long, so several samples pack into one window; an
 #: augmented sample longer than this and than the file's longest sample is not kept.
 MIN_CONTEXT = 256
@@ -179,7 +178,7 @@ def prepare_data(train_xml="train.xml", out_dir=".poppins", seed: int = DEFAULT_
 
     if surface_forms is None:
         c = doc.constants.get("surface-forms")
-        surface_forms = c.value if c else DEFAULT_SURFACE_FORMS
+        surface_forms = c.value if c else auto_surface_forms(len(sset.train))
     if augment is None:
         c = doc.constants.get("augment")
         augment = c.value if c else SPECS["augment"].default

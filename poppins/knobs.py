@@ -267,10 +267,11 @@ KNOBS: Tuple[Knob, ...] = (
     _K("augment", "bool", True, "train on the file's samples only: no system-prompt copies, "
        "surface forms, synthetic conversations or off-topic refusals", attr="augment",
        constant="augment", flags=("--no-augment",), flag_value=False),
-    _K("surface-forms", "int", 3, "seeded surface variants (case, punctuation, typos, "
+    _K("surface-forms", "int", None, "seeded surface variants (case, punctuation, typos, "
        "contractions, filler, asides, synonyms, dropped function words, keyword queries) added "
        "per training prompt (0: none)",
-       attr="surface_forms", constant="surface-forms", flags=("--surface-forms",), lo=0, hi=64),
+       attr="surface_forms", constant="surface-forms", flags=("--surface-forms",), lo=0, hi=64,
+       optional=True, default_text="ceil(600 / training samples), 3 to 24"),
     _K("batch-size", "int", 6, "packed sequences per micro-batch", attr="batch_size",
        constant="batch-size", flags=("--batch-size",), lo=1, hi=1 << 16),
     _K("gradient-accumulation-steps", "int", 1, "micro-batches per optimizer step (per rank "

@@ -60,6 +60,18 @@ def test_system_dependent_prompts_keep_their_own_system(tmp_path):
     assert counts["system"] == 4   # two free prompts x (none, generic)
 
 
+def test_surface_forms_default_scales_with_the_file(tmp_path):
+    assert A.auto_surface_forms(51) == 12          # tests/data/eval/small
+    assert A.auto_surface_forms(370) == A.SURFACE_MIN == 3   # the built-in example
+    assert A.auto_surface_forms(1) == A.auto_surface_forms(0) == A.SURFACE_MAX
+    assert A.auto_surface_forms(10_000) == A.SURFACE_MIN
+    sset = _sset(CURRENT)
+    n = A.auto_surface_forms(len(sset.train))
+    assert A.augment(sset, 1337)[1] == A.augment(sset, 1337, surface_forms=n)[1]
+    got = prepare_data(CURRENT, tmp_path / "d", seed=1337, log=None)
+    assert got.manifest["surface_forms"] == n
+
+
 def test_surface_variants_are_seeded_distinct_and_never_a_validation_prompt(tmp_path):
     v1 = A.surface_variants("What is the capital of France?", 6, 7)
     assert v1 == A.surface_variants("What is the capital of France?", 6, 7)
