@@ -237,10 +237,15 @@ def main(argv=None) -> int:
                     help="build llama.cpp if needed (default), only use a cached build, or skip it")
     md.add_argument("--dir", default=None, help="where the models are written (kept)")
     args = ap.parse_args(argv)
-    if args.cmd == "matvec":
-        return cmd_matvec(args)
-    if args.cmd == "models":
-        return cmd_models(args)
+    from poppins.errors import PoppinsError
+    try:
+        if args.cmd == "matvec":
+            return cmd_matvec(args)
+        if args.cmd == "models":
+            return cmd_models(args)
+    except PoppinsError as e:   # e.g. the gguf package missing: one line, not a traceback
+        print(f"bench_llamacpp: {e}", file=sys.stderr)
+        return 3
     return 2
 
 

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -32,33 +33,72 @@
 static const tern_c_api *g_tern = NULL;
 
 /* A sense-reversing barrier for the threads of one step: spin for an adaptive number of
- * pauses, then sleep in the kernel (Linux futex; elsewhere yield).  Spinning pays only when
- * the other thread is a few microseconds away (a free core, threads in step); it costs a lot
- * when the thread we wait for is descheduled (a busy machine: the spinner holds the core it
- * needs) or still waking from a futex sleep (then every barrier sleeps and wakes in turn and
- * the spin is wasted each time; in a VM a pause may also exit to the hypervisor).  Measured on
- * a loaded 2-core VM, 10M decode, two threads: a fixed 400-pause spin (28 us) made the step
- * 2.2x slower than sleeping at once, 4000 pauses 13x.  So the budget adapts: released while
- * spinning -> +25% (up to SPIN_MAX); had to sleep -> a quarter (down to 0).  It stays high
- * only where spins nearly always succeed (> 86% of waits); at 0, every 64th wait of a thread
- * probes with SPIN_PROBE pauses so a machine that frees up gets its spinning back.
- * *local: bit 0 the thread's sense, the bits above it its count of waits. */
+ * pauses, then sleep in the kernel (Linux futex; elsewhere yield).  Spinning pays when the
+ * other thread is running and a few microseconds away (a free core); it costs a lot when the
+ * thread we wait for is descheduled (a busy machine: the spinner holds the core it needs).
+ * Counting successes and failures cannot tell the two apart: on a free core of an idle 2-vCPU
+ * AMD EPYC (Zen 3) VM a few % of the waits of a 10M decode step take 10-100 us (a phase
+ * with more work on one side, the OpenMP worker waking at the start of a step), and the old
+ * rule (+25% per caught release, a quarter per sleep, 400 pauses at most) decayed to
+ * sleeping at every barrier: two threads ran at 0.22x one thread (600 against 2,700 tok/s).
+ * So the budget follows how long a wait that had to sleep really lasted (spin + sleep,
+ * measured on the clock when the spin fails, so the fast path reads no clock):
+ *   - at most SHORT_NS: the other thread was running, only late -> spin long enough to catch
+ *     twice that wait next time (at most SPIN_MAX_NS, at least double the budget);
+ *   - longer: it was descheduled (a busy machine) -> the next COOL_WAITS waits (a few
+ *     decode steps) sleep at once, then the budget grows back from 0 as waits prove short.
+ * A wait that sleeps at budget 0 is measured the same way, so a machine that frees up gets its
+ * spinning back without a probe.  Spinning while the other thread is descheduled holds the core
+ * it needs: with a CPU-bound process beside a 100M decode step on 2 cores, a rule that only
+ * shrank the budget after such waits ran two threads at 0.4x one thread.  The pause's cost (about 25 ns on Zen 3, 30-140 ns on Intel)
+ * is measured once.  The first wait of a step does not count: there the other thread may
+ * still be waking from the OpenMP runtime's sleep between steps, which says nothing about the
+ * machine.  *local: bit 0 the thread's sense, the bits above it its waits in this step. */
 typedef struct {
     atomic_int count;
     atomic_int sense;
     atomic_int sleepers;
     atomic_int spin;    /* the spin budget in pauses, shared by the waiters (a heuristic) */
+    atomic_int cool;    /* waits left that sleep at once (after a wait for a descheduled thread) */
 } eng_barrier;
 
-#define SPIN_MAX 400
-#define SPIN_PROBE 32
+#define SPIN_MAX_NS 100000   /* the longest spin */
+#define SHORT_NS 200000      /* a wait up to this long had its thread running */
+#define SPIN_START 400       /* the budget of a new session, in pauses */
+#define COOL_WAITS 1024      /* waits that sleep at once after a wait longer than SHORT_NS */
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+#if defined(CLOCK_MONOTONIC)
+    clock_gettime(CLOCK_MONOTONIC, &t);
+#else
+    timespec_get(&t, TIME_UTC);
+#endif
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* nanoseconds per ENG_PAUSE(), measured once (a benign race: every thread stores the same
+ * kind of value) */
+static int pause_ns(void)
+{
+    static atomic_int v;
+    int p = atomic_load_explicit(&v, memory_order_relaxed);
+    if (p) return p;
+    const int64_t t0 = now_ns();
+    for (int i = 0; i < 1024; i++) ENG_PAUSE();
+    p = (int)((now_ns() - t0) / 1024);
+    if (p < 1) p = 1;
+    atomic_store_explicit(&v, p, memory_order_relaxed);
+    return p;
+}
 
 static void barrier_wait(eng_barrier *b, int nt, int *local)
 {
     if (nt <= 1) return;
     const int s = !(*local & 1);
-    const int waits = (*local >> 1) + 1;
-    *local = ((waits & 0xffff) << 1) | s;
+    const int first = (*local >> 1) == 0;   /* the step's first wait: a worker still waking */
+    *local = ((((*local >> 1) + 1) & 0xffff) << 1) | s;
     if (atomic_fetch_add(&b->count, 1) == nt - 1) {
         atomic_store(&b->count, 0);
         atomic_store(&b->sense, s);
@@ -69,19 +109,17 @@ static void barrier_wait(eng_barrier *b, int nt, int *local)
         return;
     }
     int lim = atomic_load_explicit(&b->spin, memory_order_relaxed);
-    if (lim == 0 && (waits & 63) == 0) lim = SPIN_PROBE;
+    if (atomic_load_explicit(&b->cool, memory_order_relaxed) > 0) {
+        atomic_fetch_sub_explicit(&b->cool, 1, memory_order_relaxed);
+        lim = 0;
+    }
     for (int spins = 0; spins < lim; spins++) {
-        if (atomic_load(&b->sense) == s) {
-            if (lim < SPIN_MAX) {
-                const int up = lim + lim / 4 + 1;
-                atomic_store_explicit(&b->spin, up < SPIN_MAX ? up : SPIN_MAX, memory_order_relaxed);
-            }
-            return;
-        }
+        if (atomic_load(&b->sense) == s) return;
         ENG_PAUSE();
     }
     if (atomic_load(&b->sense) == s) return;
-    atomic_store_explicit(&b->spin, lim / 4, memory_order_relaxed);
+    const int pns = pause_ns();
+    const int64_t t_fail = now_ns();
     while (atomic_load(&b->sense) != s) {
 #ifdef ENG_FUTEX
         atomic_fetch_add(&b->sleepers, 1);
@@ -92,6 +130,22 @@ static void barrier_wait(eng_barrier *b, int nt, int *local)
         sched_yield();
 #endif
     }
+    const int64_t waited = (now_ns() - t_fail) + (int64_t)lim * pns;
+    const int most = SPIN_MAX_NS / pns;
+    int next;
+    if (first) {
+        next = lim;
+    } else if (waited > SHORT_NS) {          /* descheduled: sleep at once for COOL_WAITS waits */
+        atomic_store_explicit(&b->cool, COOL_WAITS, memory_order_relaxed);
+        next = 0;
+    } else if (atomic_load_explicit(&b->cool, memory_order_relaxed) > 0) {
+        next = lim;
+    } else {
+        const int64_t want = 2 * waited / pns;
+        next = want > 2 * lim ? (int)(want < most ? want : most) : (2 * lim < most ? 2 * lim : most);
+        if (next < 64) next = 64;
+    }
+    atomic_store_explicit(&b->spin, next, memory_order_relaxed);
 }
 
 struct eng_session {
@@ -185,7 +239,7 @@ eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_
     S->cb = cache_b;
     S->ctx = ctx;
     S->wide_in = wide_in;
-    atomic_store(&S->bar.spin, SPIN_MAX);
+    atomic_store(&S->bar.spin, SPIN_START);
     if (tls_reserve(M, S, 1)) { eng_session_free(S); return NULL; }
     return S;
 }
