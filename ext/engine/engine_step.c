@@ -59,6 +59,7 @@ typedef struct {
     atomic_int sense;
     atomic_int sleepers;
     atomic_int spin;    /* the spin budget in pauses, shared by the waiters (a heuristic) */
+    _Atomic int64_t rel_ns;  /* when the last release that had sleepers happened */
     atomic_int cool;    /* waits left that sleep at once (after a wait for a descheduled thread) */
 } eng_barrier;
 
@@ -103,8 +104,10 @@ static void barrier_wait(eng_barrier *b, int nt, int *local)
         atomic_store(&b->count, 0);
         atomic_store(&b->sense, s);
 #ifdef ENG_FUTEX
-        if (atomic_load(&b->sleepers) > 0)
+        if (atomic_load(&b->sleepers) > 0) {
+            atomic_store_explicit(&b->rel_ns, now_ns(), memory_order_relaxed);
             syscall(SYS_futex, (int *)&b->sense, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+        }
 #endif
         return;
     }
@@ -130,7 +133,14 @@ static void barrier_wait(eng_barrier *b, int nt, int *local)
         sched_yield();
 #endif
     }
-    const int64_t waited = (now_ns() - t_fail) + (int64_t)lim * pns;
+    /* until the release, not until we woke: waking a sleeping thread (an idle vCPU) can take
+     * 100-200 us, which says nothing about the other thread being descheduled */
+    int64_t until = now_ns();
+#ifdef ENG_FUTEX
+    const int64_t rel = atomic_load_explicit(&b->rel_ns, memory_order_relaxed);
+    if (rel < until) until = rel > t_fail ? rel : t_fail;
+#endif
+    const int64_t waited = (until - t_fail) + (int64_t)lim * pns;
     const int most = SPIN_MAX_NS / pns;
     int next;
     if (first) {
