@@ -41,8 +41,9 @@ static const tern_c_api *g_tern = NULL;
  * with more work on one side, the OpenMP worker waking at the start of a step), and the old
  * rule (+25% per caught release, a quarter per sleep, 400 pauses at most) decayed to
  * sleeping at every barrier: two threads ran at 0.22x one thread (600 against 2,700 tok/s).
- * So the budget follows how long a wait that had to sleep really lasted (spin + sleep,
- * measured on the clock when the spin fails, so the fast path reads no clock):
+ * So the budget follows how long a wait that had to sleep really lasted (its spin, plus the
+ * time from the failed spin to the release, which the releaser stamps when it has sleepers;
+ * the fast path reads no clock):
  *   - at most SHORT_NS: the other thread was running, only late -> spin long enough to catch
  *     twice that wait next time (at most SPIN_MAX_NS, at least double the budget);
  *   - longer: it was descheduled (a busy machine) -> the next COOL_WAITS waits (a few
@@ -50,8 +51,8 @@ static const tern_c_api *g_tern = NULL;
  * A wait that sleeps at budget 0 is measured the same way, so a machine that frees up gets its
  * spinning back without a probe.  Spinning while the other thread is descheduled holds the core
  * it needs: with a CPU-bound process beside a 100M decode step on 2 cores, a rule that only
- * shrank the budget after such waits ran two threads at 0.4x one thread.  The pause's cost (about 25 ns on Zen 3, 30-140 ns on Intel)
- * is measured once.  The first wait of a step does not count: there the other thread may
+ * shrank the budget after such waits ran two threads at 0.4x one thread.  The pause's cost
+ * (about 25 ns on Zen 3, 30-140 ns on Intel) is measured once.  The first wait of a step does not count: there the other thread may
  * still be waking from the OpenMP runtime's sleep between steps, which says nothing about the
  * machine.  *local: bit 0 the thread's sense, the bits above it its waits in this step. */
 typedef struct {
@@ -141,21 +142,18 @@ static void barrier_wait(eng_barrier *b, int nt, int *local)
     if (rel < until) until = rel > t_fail ? rel : t_fail;
 #endif
     const int64_t waited = (until - t_fail) + (int64_t)lim * pns;
-    const int most = SPIN_MAX_NS / pns;
-    int next;
-    if (first) {
-        next = lim;
-    } else if (waited > SHORT_NS) {          /* descheduled: sleep at once for COOL_WAITS waits */
+    if (first) return;                       /* says nothing about the machine */
+    if (waited > SHORT_NS) {                 /* descheduled: sleep at once for COOL_WAITS waits */
         atomic_store_explicit(&b->cool, COOL_WAITS, memory_order_relaxed);
-        next = 0;
-    } else if (atomic_load_explicit(&b->cool, memory_order_relaxed) > 0) {
-        next = lim;
-    } else {
-        const int64_t want = 2 * waited / pns;
-        next = want > 2 * lim ? (int)(want < most ? want : most) : (2 * lim < most ? 2 * lim : most);
-        if (next < 64) next = 64;
+        atomic_store_explicit(&b->spin, 0, memory_order_relaxed);
+        return;
     }
-    atomic_store_explicit(&b->spin, next, memory_order_relaxed);
+    if (atomic_load_explicit(&b->cool, memory_order_relaxed) > 0) return;
+    /* running but late: spin for twice this wait, at least double the budget, 64..most */
+    const int64_t most = SPIN_MAX_NS / pns, want = 2 * waited / pns;
+    int64_t next = want > 2 * (int64_t)lim ? want : 2 * (int64_t)lim;
+    next = next < 64 ? 64 : next > most ? most : next;
+    atomic_store_explicit(&b->spin, (int)next, memory_order_relaxed);
 }
 
 struct eng_session {
