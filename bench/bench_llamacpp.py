@@ -27,7 +27,9 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(1, ROOT)  # run as a script from a clone: the checkout's poppins, not installed
 import _stream  # noqa: E402
 
 # decode shapes (m, k) of the model sizes: qkv, wo, up, down
@@ -94,7 +96,6 @@ def cmd_matvec(args) -> int:
 MODEL_SIZES = {"10M": (256, 12, 4), "100M": (768, 14, 12), "400M": (1024, 32, 16),
                "1B": (2048, 20, 16)}
 VOCAB, TG, PP = 8192, 64, 128
-ROOT = os.path.dirname(HERE)
 
 
 def llama_cpp_bin(variant: str, mode: str = "build"):
