@@ -45,11 +45,18 @@ float eng_dot_i8_avx2(const int8_t *a, const float *b, int64_t n)
 /* four rows at a time: per row the partial sums of eng_dot_i8_avx2 (s0: chunks 0, 16, ...;
  * s1: chunks 8, 24, ...; the scalar tail added after the lane sum), the lane sums of the four
  * rows done together (two hadd). */
+/* The head streams vocab x d int8 weights, four rows at a time: four short streams that the
+ * hardware prefetcher follows poorly.  Each 64-byte step of the four rows prefetches the same
+ * columns ENG_HEAD_PF_BYTES further on (whole rows ahead, at least one four-row group).  On a
+ * Zen 3 EPYC the 400M model's head (8192 x 1024) went from 0.85 to 0.48 ms a token (9.9 to
+ * 17.5 GB/s) and the 1B one's (8192 x 2048) from 1.36 to 1.03 ms. */
+#define ENG_HEAD_PF_BYTES 16384
 void eng_dot_i8_rows_avx2(const int8_t *a, int64_t stride, int64_t rows, const float *b,
                           int64_t n, const float *scale, float *out)
 {
     int64_t r = 0;
     const int64_t n16 = n / 16 * 16;
+    const int64_t ahead = (ENG_HEAD_PF_BYTES / (stride > 0 ? stride : 1) > 4 ? ENG_HEAD_PF_BYTES / stride : 4) * stride;
     for (; r + 4 <= rows; r += 4) {
         const int8_t *p[4] = {a + r * stride, a + (r + 1) * stride, a + (r + 2) * stride,
                               a + (r + 3) * stride};
@@ -57,6 +64,8 @@ void eng_dot_i8_rows_avx2(const int8_t *a, int64_t stride, int64_t rows, const f
         for (int j = 0; j < 4; j++) s0[j] = s1[j] = _mm256_setzero_ps();
         for (int64_t i = 0; i < n16; i += 16) {
             const __m256 b0 = _mm256_loadu_ps(b + i), b1 = _mm256_loadu_ps(b + i + 8);
+            if ((i & 63) == 0)
+                for (int j = 0; j < 4; j++) _mm_prefetch((const char *)(p[j] + i + ahead), _MM_HINT_T0);
             for (int j = 0; j < 4; j++) {
                 const __m256 f0 = _mm256_cvtepi32_ps(
                     _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p[j] + i))));
