@@ -233,16 +233,18 @@ class _Scratch:
 
     def __init__(self, cfg: ModelConfig, n: int):
         d, H, hd, F = cfg.dim, cfg.heads, cfg.head_dim, cfg.hidden_dim
-        e = lambda *s: np.empty(s, np.float32)  # noqa: E731
+        # 64-byte aligned: the kernels' 32-byte loads then never straddle two cache lines (with
+        # the int8 activations from np.empty, 10M's pp128 ran 4,650 instead of 5,100 tok/s)
+        e = lambda *s: aligned_empty(s, np.float32)  # noqa: E731
         self.n = n
         self.x = e(n, d)
         self.o = e(n, H * hd)
         self.u = e(n, F)
         wide = max(d, F, H * hd)
-        self._q8 = np.empty(n * wide, np.int8)
+        self._q8 = aligned_empty(n * wide, np.int8)
         self.qs = e(n)
         mx = attention_unit(cfg).scratch(self, cfg, n)
-        self._acc = np.empty(n * max(mx, d, F, H * hd), np.int32)
+        self._acc = aligned_empty(n * max(mx, d, F, H * hd), np.int32)
 
     def q8(self, k: int) -> np.ndarray:
         """A C-contiguous int8 [n, k] view of the quantized-activation buffer."""
