@@ -44,19 +44,21 @@ float eng_dot_i8_avx2(const int8_t *a, const float *b, int64_t n)
 
 /* four rows at a time: per row the partial sums of eng_dot_i8_avx2 (s0: chunks 0, 16, ...;
  * s1: chunks 8, 24, ...; the scalar tail added after the lane sum), the lane sums of the four
- * rows done together (two hadd). */
-/* The head streams vocab x d int8 weights, four rows at a time: four short streams that the
- * hardware prefetcher follows poorly.  Each 64-byte step of the four rows prefetches the same
- * columns ENG_HEAD_PF_BYTES further on (whole rows ahead, at least one four-row group).  On a
- * Zen 3 EPYC the 400M model's head (8192 x 1024) went from 0.85 to 0.48 ms a token (9.9 to
- * 17.5 GB/s) and the 1B one's (8192 x 2048) from 1.36 to 1.03 ms. */
+ * rows done together (two hadd).  The head is four short streams at once, which the hardware
+ * prefetcher follows poorly: each 64-byte step of the four rows prefetches the same columns
+ * whole rows ahead, about ENG_HEAD_PF_BYTES on (at least four rows; a prefetch past the end
+ * of the table is only a hint, never a fault).  On a Zen 3 EPYC the 400M model's head (8192 x
+ * 1024) went from 0.85 to 0.48 ms a token (9.9 to 17.5 GB/s), the 1B one's (8192 x 2048)
+ * from 1.36 to 1.03 ms. */
 #define ENG_HEAD_PF_BYTES 16384
 void eng_dot_i8_rows_avx2(const int8_t *a, int64_t stride, int64_t rows, const float *b,
                           int64_t n, const float *scale, float *out)
 {
     int64_t r = 0;
     const int64_t n16 = n / 16 * 16;
-    const int64_t ahead = (ENG_HEAD_PF_BYTES / (stride > 0 ? stride : 1) > 4 ? ENG_HEAD_PF_BYTES / stride : 4) * stride;
+    int64_t rows_ahead = stride > 0 ? ENG_HEAD_PF_BYTES / stride : 4;
+    if (rows_ahead < 4) rows_ahead = 4;
+    const int64_t ahead = rows_ahead * stride;
     for (; r + 4 <= rows; r += 4) {
         const int8_t *p[4] = {a + r * stride, a + (r + 1) * stride, a + (r + 2) * stride,
                               a + (r + 3) * stride};
