@@ -255,7 +255,8 @@ KNOBS: Tuple[Knob, ...] = (
     _K("epochs", "float", 80.0, "planned passes over the file's own training samples (when "
        "steps is not set; training stops earlier once the file is learned)",
        attr="epochs", constant="epochs", flags=("--epochs",), lo=0, lo_open=True),
-    _K("min-steps", "int", 400, "the fewest planned steps (small files get enough)",
+    _K("min-steps", "int", 1000, "the fewest steps, also when the file is learned earlier "
+       "(small files get enough)",
        attr="min_steps", constant="min-steps", flags=("--min-steps",), lo=1),
     _K("stop-when-learned", "bool", True, "train with no stop when learned: run every planned "
        "step", attr="stop_when_learned", constant="stop-when-learned",

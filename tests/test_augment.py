@@ -128,9 +128,10 @@ def test_replayed_conversations_hold_the_rendered_history_a_client_sends(tmp_pat
     links = [s for s in sset.train if not s.turns]
     by_prompt = {s.prompt: s for s in links}
     replayed = [c for c in chains if c.history]
-    # a replayed chain per link, and half as many chains learned turn by turn
-    assert len(replayed) == len(links)
-    assert len(chains) - len(replayed) == len(links) // 2
+    # a replayed chain per link (at least CHAIN_MIN), and half as many learned turn by turn
+    n = max(len(links), A.CHAIN_MIN)
+    assert len(replayed) == n
+    assert len(chains) - len(replayed) == n // 2
     for c in replayed:
         assert 2 <= len(c.history) + 1 + len(c.turns) <= A.MAX_CHAIN_TURNS
         for user, assistant in c.history:
@@ -261,14 +262,16 @@ SMALL = """<train>
 </train>"""
 
 
+TINY = dict(dim=64, layers=2, heads=2, threads=1, val_interval=25, warmup_steps=10, lr=1e-2,
+            surface_forms=1)
+
+
 def test_a_small_file_trains_until_learned_and_greedy_agrees(tmp_path):
     from poppins.training import train
     from poppins.training.generate import exact_answer_rate
     from poppins.training.trainer import load_trained
     path = write(tmp_path, SMALL)
-    r = train(path, tmp_path / "o", overrides=dict(dim=64, layers=2, heads=2, threads=1,
-                                                   val_interval=25, warmup_steps=10, lr=1e-2,
-                                                   surface_forms=1),
+    r = train(path, tmp_path / "o", overrides=dict(TINY, steps=400, min_steps=1),
               log=None, progress_stream=open(os.devnull, "w"))
     assert r.total_steps >= 1 and r.learned_step is not None, r.learned
     assert r.stopped == "learned"
@@ -278,6 +281,16 @@ def test_a_small_file_trains_until_learned_and_greedy_agrees(tmp_path):
     model = load_trained(tmp_path / "o", threads=1)
     ids_rate, misses = exact_answer_rate(model, tmp_path / "o", limit=6)
     assert ids_rate == 1.0, misses
+
+
+def test_min_steps_holds_after_an_early_learned_step(tmp_path):
+    # a file learned before min-steps trains on to min-steps (the margin alone is shorter)
+    from poppins.training import train
+    r = train(write(tmp_path, SMALL), tmp_path / "o", overrides=dict(TINY, min_steps=400),
+              log=None, progress_stream=open(os.devnull, "w"))
+    assert r.stopped == "learned" and r.learned_step is not None
+    assert r.learned_step + math.ceil(0.25 * r.learned_step) < 400, r.learned_step
+    assert r.steps == 400 and r.learned == (6, 6)
 
 
 def test_training_augmentation_is_disjoint_from_evals_held_out_cases():
@@ -310,3 +323,35 @@ def test_keyword_forms_only_where_a_word_belongs_to_one_answer():
     d = Sample(prompt="What is a book?", items=(("text", "Pages."),))
     assert d.prompt not in A.keyword_forms([a, d], 1)   # 'book' belongs to both answers
     assert A.keyword_forms([a, b, c], 1) == kf
+
+
+def test_detail_forms_ask_about_a_word_only_that_answer_has():
+    from poppins.samples import Item, Sample
+    t = lambda s: (Item("text", s),)
+    wifi = Sample(prompt="Is there free wifi?", items=t("Yes, the network needs no password."))
+    park = Sample(prompt="Is there parking?", items=t("Yes, twenty spaces behind the building."))
+    card = Sample(prompt="Is the card free?", items=t("Yes, the card needs a photo."))
+    df = A.detail_forms([wifi, park, card], 3, 1)
+    # 'needs' is in two answers and 'free' in two prompts: neither makes a detail question;
+    # the prompt's word is its most telling one ('wifi', not 'free')
+    assert len(df[wifi.prompt]) == 2
+    assert {re.search(r"wifi (network|password)\b", q).group(1) for q in df[wifi.prompt]} \
+        == {"network", "password"}
+    assert len(df[card.prompt]) == 1 and "card photo" in df[card.prompt][0]
+    assert len(df[park.prompt]) == 3 and all("parking " in q for q in df[park.prompt])
+    assert not any("needs" in q or "free" in q for qs in df.values() for q in qs)
+    assert df == A.detail_forms([wifi, park, card], 3, 1)            # seeded
+    assert all(len(v) == 1 for v in A.detail_forms([wifi, park, card], 1, 1).values())
+
+
+def test_detail_forms_are_added_for_in_scope_prompts_not_the_refusal():
+    sset = _sset(REPO / "tests" / "data" / "eval" / "small" / "train.xml")
+    extra, _ = A.augment(sset, 1337)
+    everything = [s for g in sset.groups for s in g]
+    refusal = sset.groups[-1][0].items
+    details = A.detail_forms(everything, 99, 1337)
+    asked = {s.prompt for s in extra if s.variant == "augment:surface"}
+    surface_details = [q for p, qs in details.items() for q in qs if q in asked]
+    assert surface_details
+    assert not [s for s in extra if s.variant == "augment:surface" and s.items == refusal
+                and s.prompt in surface_details]

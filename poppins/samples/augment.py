@@ -17,12 +17,16 @@ variants do not depend on the order of the others.  Four families:
   typos (dropped, doubled, swapped letters), contractions, filler, spacing, an aside (a
   sentence of context before or after), a synonym of a generic word (``_SYNONYMS``), a dropped
   function word, and a keyword query (the prompt's content words in a generic frame, where one
-  of them belongs to no other answer: :func:`keyword_forms`).  A variant equal
+  of them belongs to no other answer: :func:`keyword_forms`); and, besides them, one
+  question about a detail of the answer per :data:`DETAIL_PER_SURFACE` surface forms, rounded
+  down (:func:`detail_forms`: "wifi password?" for a wifi question whose answer names the
+  password).  A variant equal
   to a validation prompt (or to one after case, spacing and punctuation are ignored) is never
   added.
 * **conversations**: chains of 2..:data:`MAX_CHAIN_TURNS` single-turn training samples as one
-  conversation; with a renderer the first 1..n-1 turns are replayed as a client sends them
-  back (``Sample.history``: the rendered answer as plain text, never learned) and the rest
+  conversation (one per single-turn sample, at least :data:`CHAIN_MIN`, and with a renderer
+  half as many again); with a renderer the first 1..n-1 turns are replayed as a client sends
+  them back (``Sample.history``: the rendered answer as plain text, never learned) and the rest
   are learned, and each of the file's own conversations is also replayed that way from each
   later turn on (the file's conversations are never used as links).
 * **off-topic**: where the file has a beyond-scope block, its refusal on generated off-topic
@@ -37,6 +41,8 @@ from collections import defaultdict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 MAX_CHAIN_TURNS = 4
+#: The fewest synthetic conversations drawn (one per link above it; see augment()).
+CHAIN_MIN = 100
 #: Generated off-topic questions per file (where it has a beyond-scope block).
 OFF_TOPIC_MIN, OFF_TOPIC_MAX = 20, 300
 
@@ -266,6 +272,63 @@ def keyword_forms(samples: Sequence, seed: int) -> Dict[str, str]:
     return out
 
 
+#: Frames of an answer-detail question: a content word of the prompt with one of its answer.
+_DETAIL_FRAMES = ("{k}?", "what is the {k}?", "what about the {k}?", "and the {k}?",
+                  "tell me about the {k}", "is there a {k}?", "{k}, how does that work?",
+                  "what are the {k} details?")
+
+
+#: Common words that say nothing about an answer's detail (besides _STOPWORDS).
+_COMMON = frozenset(
+    "also only more most some any each other than then into onto over under after before "
+    "again back even here just like made make many much must need such take very well will "
+    "your yours their them they these those were been being have from but unless until every "
+    "never always someone everyone anyone nothing something everything lives good help "
+    "number same both either through neither without within while where when which whose what "
+    "yes not cannot can't don't won't isn't".split())
+
+
+def answer_text(s) -> str:
+    """The text items of a sample's (first) answer, joined (no sources or code)."""
+    return " ".join(i.text for i in s.items if i.kind == "text")
+
+
+def _stem(word: str) -> str:
+    """A crude English stem, so that 'opening' meets 'open' and 'books' meets 'book'."""
+    w = word.casefold()
+    for suffix in ("ings", "ing", "ed", "es", "s"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            return w[: len(w) - len(suffix)]
+    return w
+
+
+def detail_forms(samples: Sequence, n: int, seed: int) -> Dict[str, List[str]]:
+    """Up to ``n`` questions per prompt about a detail of its answer (people ask about what an
+    answer says: "wifi password?" for "Is there free wifi?" answered "... no password"): a
+    content word of the prompt with a content word of the answer that no sample with another
+    answer uses (prompt or answer), in a generic frame."""
+    owners: Dict[str, set] = defaultdict(set)
+    for s in samples:
+        for w in content_words(s.prompt) + content_words(answer_text(s)):
+            owners[_stem(w)].add((s.items, s.thought))
+    out: Dict[str, List[str]] = {}
+    for s in samples:
+        own = {(s.items, s.thought)}
+        pw = list(dict.fromkeys(content_words(s.prompt)))
+        stems = {_stem(w) for w in pw}
+        aw = [w for w in dict.fromkeys(content_words(answer_text(s)))
+              if owners[_stem(w)] == own and _stem(w) not in stems and len(w) > 3
+              and w not in _COMMON and not any(c.isdigit() for c in w)]
+        if not pw or not aw or n <= 0:
+            continue
+        fewest = min(len(owners[_stem(w)]) for w in pw)   # the prompt's most telling words
+        topic = [w for w in pw if len(owners[_stem(w)]) == fewest]
+        r = random.Random(f"poppins-detail:{seed}:{s.prompt}")
+        out[s.prompt] = [r.choice(_DETAIL_FRAMES).format(k=f"{r.choice(topic)} {a}")
+                         for a in r.sample(aw, min(n, len(aw)))]
+    return out
+
+
 # ------------------------------------------------------------------------- off-topic
 _OFF_TEMPLATES = (
     "Who won the {event} last year?", "What's the weather like in {city} today?",
@@ -416,6 +479,12 @@ def system_dependent_prompts(samples: Sequence) -> set:
 #: on tests/data/eval/small (51 training samples, mean of 3 seeds): 3 per prompt gave 52%
 #: validation / 30% paraphrases / 13% wrongly refused, 12 per prompt 67% / 45% / 9%.
 SURFACE_TARGET_ROWS = 600
+#: One answer-detail question (detail_forms) per this many surface forms, rounded down: a
+#: small file gets them (tests/data/eval/small, 12 forms, three seeds: validation 52 -> 86%,
+#: wrongly refused 11 -> 7%); on the built-in example (3 forms) one per prompt gave unseen
+#: surface variants 84 -> 90% and off-topic refused 76 -> 74%, but left the file unlearned
+#: in the 1,414 planned steps (368/370 answers; without them learned at step 1,150).
+DETAIL_PER_SURFACE = 6
 SURFACE_MIN, SURFACE_MAX = 3, 24
 
 
@@ -457,6 +526,12 @@ def augment(sset, seed: int, surface_forms: Optional[int] = None,
         return Sample(**d)
 
     keywords = keyword_forms(everything, seed)
+    if beyond is None:   # the beyond-scope groups come last (poppins.samples)
+        beyond = [g[0] for g in sset.groups[len(sset.groups) - sset.beyond_scope:]] \
+            if sset.beyond_scope else []
+    refusals = {(b.items, b.thought) for b in beyond}
+    in_scope_all = [s for s in everything if (s.items, s.thought) not in refusals]
+    details = detail_forms(in_scope_all, surface_forms // DETAIL_PER_SURFACE, seed)
     other_keys = {_key(s.prompt) for s in everything}
     for s in sset.train:
         free = _key(s.prompt) not in dependent
@@ -473,6 +548,8 @@ def augment(sset, seed: int, surface_forms: Optional[int] = None,
             kf = keywords.get(s.prompt) if not s.turns and free else None
             if kf and _key(kf) not in other_keys:
                 forms[-1:] = [kf]
+            if free and not s.turns:
+                forms += [d for d in details.get(s.prompt, ()) if _key(d) not in other_keys]
             for k, v in enumerate(forms):
                 if v in val_exact or (_key(v) in val_keys and _key(v) != own_key):
                     continue   # never a validation prompt in training
@@ -486,11 +563,14 @@ def augment(sset, seed: int, surface_forms: Optional[int] = None,
     links = [s for s in sset.train if not s.turns and _key(s.prompt) not in dependent]
     if len(links) >= 2:
         r = random.Random(f"poppins-chains:{seed}")
-        # with a renderer: len(links) chains whose first 1..n-1 turns are replayed as a
-        # client sends them back, and half as many with every turn learned (fewer of those
-        # left chains unlearned, more did not help); without one, len(links) learned chains
-        learned = len(links) // 2 if render else len(links)
-        for k in range(learned + (len(links) if render else 0)):
+        # with a renderer: n chains whose first 1..n-1 turns are replayed as a client sends
+        # them back, and half as many with every turn learned (fewer of those left chains
+        # unlearned, more did not help); without one, n learned chains.  n is one per link,
+        # at least CHAIN_MIN (a small file: tests/data/eval/small, three seeds, chains of
+        # turns 2..4 answered 81% with one per link, 95% with 100)
+        n = max(len(links), CHAIN_MIN)
+        learned = n // 2 if render else n
+        for k in range(learned + (n if render else 0)):
             chain = r.sample(links, min(len(links), r.randint(2, MAX_CHAIN_TURNS)))
             sy = r.choice([None, default, default, r.choice(GENERIC_SYSTEMS)])
             h = r.randint(1, len(chain) - 1) if k >= learned else 0
@@ -512,9 +592,6 @@ def augment(sset, seed: int, surface_forms: Optional[int] = None,
                                 history=history, variant="augment:conversation"))
                 counts["chains"] += 1
 
-    if beyond is None:   # the beyond-scope groups come last (poppins.samples)
-        beyond = [g[0] for g in sset.groups[len(sset.groups) - sset.beyond_scope:]] \
-            if sset.beyond_scope else []
     if beyond:
         b = beyond[0]
         words = set()

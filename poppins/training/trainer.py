@@ -330,7 +330,8 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
         f"({steps_per_epoch} steps/epoch, {len(packed)} samples, padding {padding:.0%}); "
         f"lr {cfg.lr:g} {cfg.schedule}, warmup {cfg.warmup_steps}"
         + (f"; stops {cfg.learned_margin:g} x its steps after every training answer is "
-           f"reproduced (checked every {cfg.val_interval} steps)" if cfg.stop_when_learned
+           f"reproduced (checked every {cfg.val_interval} steps), not before step "
+           f"{min(total, cfg.min_steps)}" if cfg.stop_when_learned
            else ""))
 
     ckpt = checkpoint_path(out_dir)
@@ -391,9 +392,13 @@ def run(out_dir: Path, cfg: TrainConfig, manifest: Dict, manifest_sha: str, ckpt
                 learned = answers_reproduced(model, own_packed, cfg.batch_size)
                 if learned[0] == learned[1]:
                     learned_at = step
-                    total = min(total, step + math.ceil(cfg.learned_margin * step))
+                    # the margin, and never fewer than min-steps (a small file is learned
+                    # early; its conversations and surface forms need the steps after it)
+                    total = min(total, max(cfg.min_steps,
+                                           step + math.ceil(cfg.learned_margin * step)))
                     prog.message(f"learned  every training answer ({learned[1]}) reproduced "
-                                 f"at step {step}; {total - step} more steps (margin)")
+                                 f"at step {step}; {total - step} more steps (margin"
+                                 f"{', min-steps' if total == cfg.min_steps else ''})")
             watched = val if len(val_packed) else loss
             if cfg.aim_loss is not None and watched is not None and watched <= cfg.aim_loss:
                 stopped = "aim-loss"
