@@ -186,17 +186,18 @@ typedef struct eng_tls {
  * and points each piece at its own 64-byte aligned part; it returns the block to free(), or
  * NULL.  The list is the one place a piece is sized. */
 #define CARVE_ALIGN 64
+#define CARVE_UP(n) (((n) + CARVE_ALIGN - 1) / CARVE_ALIGN * CARVE_ALIGN)
 typedef struct { void **dst; int64_t bytes; } eng_piece;
 static void *carve_block(const eng_piece *pc, int n)
 {
     int64_t total = CARVE_ALIGN - 1;
-    for (int i = 0; i < n; i++) total += (pc[i].bytes + CARVE_ALIGN - 1) / CARVE_ALIGN * CARVE_ALIGN;
+    for (int i = 0; i < n; i++) total += CARVE_UP(pc[i].bytes);
     char *block = (char *)malloc((size_t)total);
     if (!block) return NULL;
-    char *p = (char *)(((uintptr_t)block + (CARVE_ALIGN - 1)) & ~(uintptr_t)(CARVE_ALIGN - 1));
+    char *p = block + CARVE_UP((uintptr_t)block) - (uintptr_t)block;
     for (int i = 0; i < n; i++) {
         *pc[i].dst = p;
-        p += (pc[i].bytes + CARVE_ALIGN - 1) / CARVE_ALIGN * CARVE_ALIGN;
+        p += CARVE_UP(pc[i].bytes);
     }
     return block;
 }

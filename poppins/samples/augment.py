@@ -256,17 +256,29 @@ def content_words(text: str) -> List[str]:
             if len(w) > 2 and w not in _STOPWORDS and w not in _QUESTION_WORDS]
 
 
+def _answer(s) -> Tuple:
+    """What 'the same answer' means for the word-ownership rules below."""
+    return (s.items, s.thought)
+
+
+def _owners(samples: Sequence, words_of: Callable) -> Dict[str, set]:
+    """For each word ``words_of(sample)`` yields, the answers (:func:`_answer`) of the samples
+    that use it."""
+    owners: Dict[str, set] = defaultdict(set)
+    for s in samples:
+        for w in words_of(s):
+            owners[w].add(_answer(s))
+    return owners
+
+
 def keyword_forms(samples: Sequence, seed: int) -> Dict[str, str]:
     """For each prompt of ``samples`` with a content word that no prompt with another answer
     uses, its keyword form: its content words in order, in a generic frame."""
-    owners: Dict[str, set] = defaultdict(set)
-    for s in samples:
-        for w in content_words(s.prompt):
-            owners[w].add((s.items, s.thought))
+    owners = _owners(samples, lambda s: content_words(s.prompt))
     out = {}
     for s in samples:
         words = list(dict.fromkeys(content_words(s.prompt)))
-        if any(owners[w] == {(s.items, s.thought)} for w in words):
+        if any(owners[w] == {_answer(s)} for w in words):
             r = random.Random(f"poppins-keyword:{seed}:{s.prompt}")
             out[s.prompt] = r.choice(_KEY_FRAMES).format(k=" ".join(words))
     return out
@@ -307,13 +319,11 @@ def detail_forms(samples: Sequence, n: int, seed: int) -> Dict[str, List[str]]:
     answer says: "wifi password?" for "Is there free wifi?" answered "... no password"): a
     content word of the prompt with a content word of the answer that no sample with another
     answer uses (prompt or answer), in a generic frame."""
-    owners: Dict[str, set] = defaultdict(set)
-    for s in samples:
-        for w in content_words(s.prompt) + content_words(answer_text(s)):
-            owners[_stem(w)].add((s.items, s.thought))
+    owners = _owners(samples, lambda s: map(_stem, content_words(s.prompt)
+                                            + content_words(answer_text(s))))
     out: Dict[str, List[str]] = {}
     for s in samples:
-        own = {(s.items, s.thought)}
+        own = {_answer(s)}
         pw = list(dict.fromkeys(content_words(s.prompt)))
         stems = {_stem(w) for w in pw}
         aw = [w for w in dict.fromkeys(content_words(answer_text(s)))
@@ -529,8 +539,8 @@ def augment(sset, seed: int, surface_forms: Optional[int] = None,
     if beyond is None:   # the beyond-scope groups come last (poppins.samples)
         beyond = [g[0] for g in sset.groups[len(sset.groups) - sset.beyond_scope:]] \
             if sset.beyond_scope else []
-    refusals = {(b.items, b.thought) for b in beyond}
-    in_scope_all = [s for s in everything if (s.items, s.thought) not in refusals]
+    refusals = {_answer(b) for b in beyond}
+    in_scope_all = [s for s in everything if _answer(s) not in refusals]
     details = detail_forms(in_scope_all, surface_forms // DETAIL_PER_SURFACE, seed)
     other_keys = {_key(s.prompt) for s in everything}
     for s in sset.train:
