@@ -69,6 +69,10 @@ class Completion:
     #: with ``logprobs=k``: one entry per generated token, {"id", "logprob", "top": [(id,
     #: logprob), ...k]} (natural log, softmax of the raw logits); else None
     logprobs: Optional[List[dict]] = None
+    #: threads the decode session was given, and how many of its steps ran on one thread all
+    #: the same (faster at the time: a busy machine; see poppins.threads.TEAM_POLICIES)
+    threads: int = 1
+    one_thread_steps: int = 0
 
     @property
     def prompt_tok_s(self) -> float:
@@ -78,6 +82,12 @@ class Completion:
     def gen_tok_s(self) -> float:
         n = len(self.tokens)
         return n / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+
+def _thread_use(sess) -> dict:
+    sess.keep_team_choice()
+    return {"threads": sess.threads,
+            "one_thread_steps": sess.thread_steps[1] if sess.threads > 1 else 0}
 
 
 def _split_kwargs(kw):
@@ -350,7 +360,7 @@ class Model:
             yield None, Completion(text=render.text(final=True), tokens=out,
                                    prompt_tokens=len(ids), stop_reason=reason,
                                    prompt_seconds=t1 - t0, gen_seconds=t2 - t1,
-                                   seed=sampler.seed, note=note)
+                                   seed=sampler.seed, note=note, **_thread_use(sess))
             return
         record(logits, t)
         while True:
@@ -405,7 +415,7 @@ class Model:
         yield None, Completion(text=text, tokens=out, prompt_tokens=len(ids),
                                stop_reason=reason, prompt_seconds=t1 - t0,
                                gen_seconds=t2 - t1, seed=sampler.seed, note=note,
-                               logprobs=lp)
+                               logprobs=lp, **_thread_use(sess))
 
     def complete(self, prompt: str, **kw) -> Completion:
         """The answer with its tokens, stop reason and timings (not streamed: the compiled

@@ -88,6 +88,23 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 PARALLEL_MIN_MACS = 1 << 18
 
 
+#: how a decode session with threads > 1 uses them: "auto" (each step on the team or on one
+#: thread, whichever is faster at the time: see eng_decode_step in ext/engine/engine_step.c) or
+#: "fixed" (every step on the team: tests of the team path, benchmarks of it)
+TEAM_POLICIES = ("auto", "fixed")
+
+
+def team_policy(requested: "str | None" = None) -> str:
+    """The decode sessions' team policy: ``requested``, else ``POPPINS_TEAM``, else "auto"."""
+    v = requested if requested is not None else os.environ.get("POPPINS_TEAM", "").strip()
+    v = (v or "auto").lower()
+    if v not in TEAM_POLICIES:
+        from .errors import PoppinsError
+        raise PoppinsError(f"unknown team policy {v!r} (POPPINS_TEAM): use "
+                           + " or ".join(TEAM_POLICIES))
+    return v
+
+
 def resolve_threads(requested: "int | None") -> int:
     """A user's ``-t`` value (None or <= 0 means the default) -> a positive thread count, at
     most :func:`max_threads` (a larger request is clamped, with a note on stderr)."""

@@ -370,14 +370,18 @@ def test_compiled_step_equals_python_path(kind, head, tmp_path):
     toks = np.random.default_rng(5).integers(0, 300, 40)
     py = eng.session(compiled_step=False)
     c1 = eng.session(threads=1)
-    c2 = eng.session(threads=2)
-    for s in (py, c1, c2):
+    c2 = eng.session(threads=2, team="fixed")   # every step on the team
+    ca = eng.session(threads=2, team="auto")    # each step on the faster size
+    for s in (py, c1, c2, ca):
         s.forward(toks[:3])
     for t in toks[3:]:
         a = py.forward([t])
-        for s in (c1, c2):
+        for s in (c1, c2, ca):
             b = s.forward([t])
             assert rel_err(b, a) < 1e-5
+    n = len(toks) - 3
+    assert c1.thread_steps == (0, n) and c2.thread_steps == (n, 0)
+    assert sum(ca.thread_steps) == n and py.thread_steps == (0, 0)
     caches = (lambda s: s.k + s.v) if m.cfg.attention == "mha" else (lambda s: s.ckv + s.kr)
     for x, y in zip(caches(py), caches(c2)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
@@ -416,3 +420,40 @@ def test_decode_matvec_exact(m, k):
         y = np.empty(m, np.int32)
         mod.decode_matvec(_readonly(w.data), k, _readonly(x), y)
         np.testing.assert_array_equal(y, t.astype(np.int64) @ x.astype(np.int64))
+
+
+def test_team_policy(monkeypatch):
+    """POPPINS_TEAM picks how a decode session uses its threads; a bad value is one clear
+    error naming the variable."""
+    from poppins.threads import TEAM_POLICIES, team_policy
+    assert TEAM_POLICIES == ("auto", "fixed")
+    monkeypatch.delenv("POPPINS_TEAM", raising=False)
+    assert team_policy() == "auto"
+    monkeypatch.setenv("POPPINS_TEAM", "Fixed")
+    assert team_policy() == "fixed" and team_policy("auto") == "auto"
+    monkeypatch.setenv("POPPINS_TEAM", "both")
+    with pytest.raises(PoppinsError, match="POPPINS_TEAM"):
+        team_policy()
+
+
+def test_team_choice_carries_to_the_next_session(tmp_path):
+    """A finished session hands its team choice to the engine; the next session starts from
+    it; a state that is not the chooser's is ignored; the numbers never depend on it."""
+    _need_step()
+    export(random_model("gqa", seed=3), tmp_path)
+    eng = Engine.load(tmp_path, threads=2)
+    toks = [5, 9, 11, 2, 7, 3, 8, 1]
+    ref = eng.session(threads=1)
+    want = [ref.forward([t]) for t in toks]
+    a = eng.session(team="auto")
+    got = [a.forward([t]) for t in toks]
+    a.keep_team_choice()
+    c = eng.team_choice
+    assert isinstance(c, tuple) and len(c) == 5 and c[0] in (0, 1)
+    b = eng.session(team="auto")
+    assert b._step.choice()[:3] == c[:3]
+    b._step.set_choice((1, -5, -5, 0, 0))          # not a choice: ignored
+    assert b._step.choice()[:3] == c[:3]
+    for t, w, g in zip(toks, want, got):
+        assert rel_err(g, w) < 1e-5 and rel_err(b.forward([t]), w) < 1e-5
+    assert sum(b.thread_steps) == len(toks)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 
@@ -41,6 +42,7 @@ def test_infer_prints_trained_answer(capsys):
     out, err = capsys.readouterr()
     assert out == ANSWER + "\n"
     assert "tok/s" in err and "prompt:" in err and "generation:" in err
+    assert re.search(r"; \d+ threads?[;( ]", err)   # the threads used, never silent
 
 
 def test_infer_prompt_file_and_stop(tmp_path, capsys):

@@ -582,6 +582,31 @@ cdef class DecodeSession:
         free(self.ca)
         free(self.cb)
 
+    def fixed_team(self, bint fixed):
+        """True: every step with threads > 1 on the team; False: the faster size each time."""
+        eng_session_fixed_team(self.S, fixed)
+
+    def choice(self):
+        """The team chooser's state (a tuple of 5 ints), for a later session's set_choice."""
+        cdef int64_t c[5]
+        eng_session_choice(self.S, c)
+        return tuple(int(c[i]) for i in range(5))
+
+    def set_choice(self, tuple state):
+        cdef int64_t c[5]
+        cdef int i
+        if len(state) != 5:
+            raise ValueError("decode session: a team choice is 5 integers")
+        for i in range(5):
+            c[i] = state[i]
+        eng_session_set_choice(self.S, c)
+
+    def tokens(self):
+        """(steps run by a team of threads, steps run by one thread) so far."""
+        cdef int64_t team = 0, solo = 0
+        eng_session_tokens(self.S, &team, &solo)
+        return int(team), int(solo)
+
     def step_sample(self, int token, int64_t pos, float[::1] logits, int threads, params,
                     uint64_t state, const int32_t[::1] recent, int64_t n_recent):
         """Feed one token at pos, then sample the next one from the new logits with the C

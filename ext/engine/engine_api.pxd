@@ -67,6 +67,10 @@ cdef extern from "engine_step.h" nogil:
     void eng_session_free(eng_session *S)
     int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
                         float *logits, int threads)
+    void eng_session_tokens(const eng_session *S, int64_t *team, int64_t *solo)
+    void eng_session_fixed_team(eng_session *S, int fixed)
+    void eng_session_choice(const eng_session *S, int64_t *c)
+    void eng_session_set_choice(eng_session *S, const int64_t *c)
 
 cdef extern from "engine_sample.h" nogil:
     ctypedef struct eng_sampling:

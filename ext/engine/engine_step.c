@@ -62,12 +62,17 @@ typedef struct {
     atomic_int spin;    /* the spin budget in pauses, shared by the waiters (a heuristic) */
     _Atomic int64_t rel_ns;  /* when the last release that had sleepers happened */
     atomic_int cool;    /* waits left that sleep at once (after a wait for a descheduled thread) */
+    atomic_int late;    /* waits of this step for a descheduled thread (see eng_decode_step) */
 } eng_barrier;
 
 #define SPIN_MAX_NS 100000   /* the longest spin */
 #define SHORT_NS 200000      /* a wait up to this long had its thread running */
 #define SPIN_START 400       /* the budget of a new session, in pauses */
 #define COOL_WAITS 1024      /* waits that sleep at once after a wait longer than SHORT_NS */
+#define PROBE_START_NS 20000000LL   /* the first try of the other team size (see eng_decode_step) */
+#define PROBE_MAX_NS 1000000000LL    /* the longest gap between tries */
+#define PROBE_STEPS 3                /* steps of a try; the first one is not timed */
+#define PROBE_LOSS 3                 /* a try's step this many times the mean step loses at once */
 
 static int64_t now_ns(void)
 {
@@ -144,8 +149,15 @@ static void barrier_wait(eng_barrier *b, int nt, int *local)
     const int64_t waited = (until - t_fail) + (int64_t)lim * pns;
     if (first) return;                       /* says nothing about the machine */
     if (waited > SHORT_NS) {                 /* descheduled: sleep at once for COOL_WAITS waits */
-        atomic_store_explicit(&b->cool, COOL_WAITS, memory_order_relaxed);
-        atomic_store_explicit(&b->spin, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->late, 1, memory_order_relaxed);
+        /* not re-armed by a wait that slept at once: that wait includes the other thread's
+         * own wake-up from its sleep (50-100 us on a VM), so cooling would feed itself and
+         * two threads on a free core stayed asleep at 0.2x one thread (588 vs 2,700 tok/s,
+         * 10M, Zen 3 VM) */
+        if (lim > 0) {
+            atomic_store_explicit(&b->cool, COOL_WAITS, memory_order_relaxed);
+            atomic_store_explicit(&b->spin, 0, memory_order_relaxed);
+        }
         return;
     }
     if (atomic_load_explicit(&b->cool, memory_order_relaxed) > 0) return;
@@ -158,6 +170,12 @@ static void barrier_wait(eng_barrier *b, int nt, int *local)
 
 struct eng_session {
     eng_barrier bar;
+    /* the team size chooser (see eng_decode_step): the size in use (0 the team, 1 one
+     * thread), each size's mean step time (ns, exponential, 0 unknown), the next try of the
+     * other size and the gap before it, the steps left in a try and their summed time */
+    int solo, probe_left, fixed;   /* fixed: every step on the team (no chooser) */
+    int64_t mean_ns[2], probe_at, probe_gap, probe_sum, probe_cost;
+    int64_t tokens_team, tokens_solo;
     float **ca, **cb;
     int64_t ctx;
     float *x, *h, *big, *o, *tmp, *scores, *u, *mix, *cq;
@@ -261,6 +279,8 @@ eng_session *eng_session_new(const eng_model *M, float **cache_a, float **cache_
     S->ctx = ctx;
     S->wide_in = wide_in;
     atomic_store(&S->bar.spin, SPIN_START);
+    S->probe_gap = PROBE_START_NS;
+    S->probe_at = INT64_MAX;   /* set by the first timed step */
     if (tls_reserve(M, S, 1)) { eng_session_free(S); return NULL; }
     return S;
 }
@@ -560,6 +580,60 @@ int eng_tern_matvec(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k, co
     return g_tern ? g_tern->matvec_padded(w, w_stride, m, k, x, y, kernel) : -1;
 }
 
+/* The team size.  The step is lockstep: every phase waits for every thread, so a thread the
+ * kernel has descheduled (more runnable threads than cores: a build, a browser, another model
+ * beside us) stalls the others for its time slice, many times a token, and where each phase is
+ * only a few microseconds of work (a 10M model) the barriers cost more than the second thread
+ * gives.  With one CPU-bound process beside a two-thread decode on 2 cores (Zen 3 VM) two
+ * threads ran at 0.1-0.5x one thread (10M: 200-264 against 2,800 tok/s; 100M: 114-216 against
+ * 450).  So the session times its steps and runs the team size that is faster now: it keeps a
+ * mean step time for the team and for one thread, and tries the other size for PROBE_STEPS
+ * steps (the first one untimed: a worker waking from the OpenMP runtime's sleep); a try whose
+ * step takes PROBE_LOSS times the mean of the size in use loses at once.  After a won try the
+ * next one comes PROBE_START_NS later; after a lost one the gap doubles up to PROBE_MAX_NS and
+ * is at least 16 times what the try cost, so tries take at most about 1/16 of the time.  A team
+ * step whose barrier waited for a descheduled thread (barrier_wait's SHORT_NS test) tries one
+ * thread at once.  The step's numbers do not depend on the size (each row and each head is
+ * computed by the same code either way).  Not silent: eng_session_tokens() counts the steps
+ * each way (Session.thread_steps, Completion.one_thread_steps, infer's timing line);
+ * eng_session_fixed_team() turns the chooser off (POPPINS_TEAM=fixed). */
+static int pick_solo(eng_session *S, int64_t t0)
+{
+    if (S->probe_left == 0 && t0 >= S->probe_at) {
+        S->probe_left = PROBE_STEPS;
+        S->probe_sum = S->probe_cost = 0;
+    }
+    return S->probe_left > 0 ? !S->solo : S->solo;
+}
+
+static void timed(eng_session *S, int solo, int64_t ns, int late)
+{
+    if (S->probe_left > 0 && solo != S->solo) {
+        const int64_t cur = S->mean_ns[S->solo];
+        const int timed_step = S->probe_left < PROBE_STEPS;   /* not the first */
+        S->probe_cost += ns;
+        if (timed_step) S->probe_sum += ns;
+        const int lost = timed_step && ns > PROBE_LOSS * cur;   /* far slower: stop now */
+        if (--S->probe_left == 0 || lost) {
+            const int64_t mean = S->probe_sum / (PROBE_STEPS - 1);
+            if (!lost && mean < cur) {
+                S->solo = solo;                 /* the other size is faster now */
+                S->probe_gap = PROBE_START_NS;
+                S->mean_ns[solo] = mean;
+            } else {                            /* try less often, at most 1/16 of the time */
+                int64_t gap = 2 * S->probe_gap < PROBE_MAX_NS ? 2 * S->probe_gap : PROBE_MAX_NS;
+                S->probe_gap = gap > 16 * S->probe_cost ? gap : 16 * S->probe_cost;
+            }
+            S->probe_left = 0;
+            S->probe_at = now_ns() + S->probe_gap;
+        }
+        return;
+    }
+    S->mean_ns[solo] = S->mean_ns[solo] ? S->mean_ns[solo] + (ns - S->mean_ns[solo]) / 8 : ns;
+    if (S->probe_at == INT64_MAX) S->probe_at = now_ns() + S->probe_gap;
+    if (late && !solo) S->probe_at = 0;   /* a thread was descheduled: try one thread now */
+}
+
 int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
                     float *logits, int threads)
 {
@@ -570,13 +644,50 @@ int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t p
     if (tls_reserve(M, S, nt)) return -1;
     if (nt <= 1) {
         step_body(M, S, token, pos, logits, 0, 1);
+        S->tokens_solo++;
         return 0;
     }
+    const int64_t t0 = now_ns();
+    const int solo = S->fixed ? 0 : pick_solo(S, t0);
+    if (solo) {
+        step_body(M, S, token, pos, logits, 0, 1);
+        S->tokens_solo++;
+    } else {
+        atomic_store_explicit(&S->bar.late, 0, memory_order_relaxed);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
-    step_body(M, S, token, pos, logits, omp_get_thread_num(), omp_get_num_threads());
-#else
-    step_body(M, S, token, pos, logits, 0, 1);
+        step_body(M, S, token, pos, logits, omp_get_thread_num(), omp_get_num_threads());
 #endif
+        S->tokens_team++;
+    }
+    timed(S, solo, now_ns() - t0, atomic_load_explicit(&S->bar.late, memory_order_relaxed) > 0);
     return 0;
+}
+
+void eng_session_fixed_team(eng_session *S, int fixed) { S->fixed = fixed != 0; }
+
+void eng_session_choice(const eng_session *S, int64_t c[ENG_CHOICE_N])
+{
+    c[0] = S->solo;
+    c[1] = S->mean_ns[0];
+    c[2] = S->mean_ns[1];
+    c[3] = S->probe_at;
+    c[4] = S->probe_gap;
+}
+
+void eng_session_set_choice(eng_session *S, const int64_t c[ENG_CHOICE_N])
+{
+    if (S->probe_left || c[1] < 0 || c[2] < 0 || c[4] < PROBE_START_NS)
+        return;   /* in a try, or not a choice of ours */
+    S->solo = c[0] != 0;
+    S->mean_ns[0] = c[1];
+    S->mean_ns[1] = c[2];
+    S->probe_at = c[3];
+    S->probe_gap = c[4];
+}
+
+void eng_session_tokens(const eng_session *S, int64_t *team, int64_t *solo)
+{
+    *team = S->tokens_team;
+    *solo = S->tokens_solo;
 }

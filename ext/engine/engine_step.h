@@ -6,11 +6,13 @@
  * exact int32 ternary sums times w_scale / s, RMSNorm with the mean of squares in float64,
  * half-split RoPE, softmax attention over the cache (MLA: latent cache, absorbed up-projection).
  *
- * Threads: with threads > 1 the whole step is ONE OpenMP parallel region (its own barriers:
- * spin briefly, then yield); every ternary
- * product is split into contiguous row ranges (multiples of 16 rows, one per thread, each
- * thread dequantizing its own rows), attention is split over heads and the head over vocab
- * rows; the small element-wise stages run on one thread between barriers.
+ * Threads: with threads > 1 a step runs either on one thread or as ONE OpenMP parallel region
+ * (its own barriers: spin for an adaptive budget, then sleep); every ternary product is split
+ * into contiguous row ranges (multiples of 16 rows, one per thread, each thread dequantizing
+ * its own rows), attention over heads (or whole kv groups) and the head over vocab rows.  The
+ * session picks, step by step, whichever of the two is faster at the time (an oversubscribed
+ * machine or a tiny model makes the team the slower) and counts the steps each way
+ * (eng_session_tokens); eng_session_fixed_team pins the team.  Same numbers either way.
  */
 #ifndef POPPINS_ENGINE_STEP_H
 #define POPPINS_ENGINE_STEP_H
@@ -76,5 +78,22 @@ int eng_tern_matvec(const uint8_t *w, int64_t w_stride, int64_t m, int64_t k, co
  * Returns 0, or -1 on bad arguments. */
 int eng_decode_step(const eng_model *M, eng_session *S, int32_t token, int64_t pos,
                     float *logits, int threads);
+
+/* The session's decode steps so far: run by a team of threads, run by one thread (threads was
+ * 1, or one thread was the faster at the time: an oversubscribed machine, a model too small to
+ * split; see eng_decode_step in engine_step.c). */
+void eng_session_tokens(const eng_session *S, int64_t *team, int64_t *solo);
+
+/* fixed != 0: every step with threads > 1 runs on the team (tests of the team path, and
+ * benchmarks of it); 0 (a new session): the session picks the faster size as it goes. */
+void eng_session_fixed_team(eng_session *S, int fixed);
+
+/* The chooser's state (the size in use, each size's mean step time, the next try and its gap):
+ * a new session can start from the choice a finished one arrived at instead of learning the
+ * machine again (the Python API keeps the last one per engine).  A state that is not one of
+ * ours is ignored. */
+#define ENG_CHOICE_N 5
+void eng_session_choice(const eng_session *S, int64_t c[ENG_CHOICE_N]);
+void eng_session_set_choice(eng_session *S, const int64_t c[ENG_CHOICE_N]);
 
 #endif

@@ -40,6 +40,13 @@ def _read_prompt(path: str) -> str:
     return text.rstrip("\n")
 
 
+def _solo(c) -> str:
+    if not c.one_thread_steps:
+        return ""
+    return (f" ({c.one_thread_steps} decode steps on one thread: faster at the time, "
+            "see POPPINS_TEAM)")
+
+
 def _answer(model, prompt: str, args, kw) -> int:
     out = sys.stdout
     stream = model.stream(prompt, **kw)
@@ -53,8 +60,9 @@ def _answer(model, prompt: str, args, kw) -> int:
         print(f"poppins: note: {c.note}", file=sys.stderr)
     print(f"prompt: {c.prompt_tokens} tokens in {c.prompt_seconds * 1000:.1f} ms "
           f"({c.prompt_tok_s:.1f} tok/s); generation: {len(c.tokens)} tokens in "
-          f"{c.gen_seconds * 1000:.1f} ms ({c.gen_tok_s:.1f} tok/s); seed {c.seed}; "
-          f"stop: {c.stop_reason}", file=sys.stderr)
+          f"{c.gen_seconds * 1000:.1f} ms ({c.gen_tok_s:.1f} tok/s); {c.threads} thread"
+          f"{'s' if c.threads > 1 else ''}{_solo(c)}; seed {c.seed}; stop: {c.stop_reason}",
+          file=sys.stderr)
     return 0
 
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import PoppinsError
 from ..numerics import rope_tables
-from ..threads import PARALLEL_MIN_MACS, resolve_threads
+from ..threads import PARALLEL_MIN_MACS, resolve_threads, team_policy
 from . import kernels as TK
 from . import ops
 from .attention import ATTENTION, attention_unit
@@ -123,6 +123,9 @@ class Engine:
         self.default_system: Optional[str] = mf.default_system
         self.extra = dict(mf.extra)
         self._tokenizer = None
+        #: the team size the last finished session arrived at (Session.keep_team_choice); new
+        #: sessions start from it instead of learning the machine again
+        self.team_choice: Optional[tuple] = None
 
         def need(name):
             if name not in mf:
@@ -207,8 +210,9 @@ class Engine:
         return self.cfg.context_length
 
     def session(self, context: Optional[int] = None, threads: Optional[int] = None,
-                compiled_step: Optional[bool] = None) -> "Session":
-        return Session(self, context=context, threads=threads, compiled_step=compiled_step)
+                compiled_step: Optional[bool] = None, team: Optional[str] = None) -> "Session":
+        return Session(self, context=context, threads=threads, compiled_step=compiled_step,
+                       team=team)
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one decode step reads: packed ternary codes, norms, the head (the
@@ -258,7 +262,8 @@ class Session:
     """One KV cache: feed tokens with :meth:`forward`; ``pos`` tokens are cached so far."""
 
     def __init__(self, engine: Engine, context: Optional[int] = None,
-                 threads: Optional[int] = None, compiled_step: Optional[bool] = None):
+                 threads: Optional[int] = None, compiled_step: Optional[bool] = None,
+                 team: Optional[str] = None):
         self.engine = engine
         cfg = engine.cfg
         ctx = cfg.context_length if context is None or context <= 0 else int(context)
@@ -283,12 +288,29 @@ class Session:
             if engine.plan is not None:
                 a, b = self.cache.values()
                 self._step = ops._mod().DecodeSession(engine.plan, a, b, ctx)
+                self._step.fixed_team(team_policy(team) == "fixed")
+                if engine.team_choice is not None:
+                    self._step.set_choice(engine.team_choice)
             elif compiled_step:
                 raise PoppinsError("the compiled decode step needs the poppins._engine "
                                    "extension (build it with `make build`)")
 
     def reset(self) -> None:
         self.pos = 0
+
+    def keep_team_choice(self) -> None:
+        """Let the engine's next sessions start from the team size this one arrived at (call
+        it from the thread that drove this session, once it is done)."""
+        if self._step is not None:
+            self.engine.team_choice = self._step.choice()
+
+    @property
+    def thread_steps(self) -> Tuple[int, int]:
+        """(compiled decode steps run by a team of ``threads`` threads, steps run by one
+        thread): with threads > 1 a step runs on one thread while the machine is
+        oversubscribed (a thread of the team was descheduled in a recent step; see
+        eng_decode_step in ext/engine/engine_step.c).  (0, 0) on the Python path."""
+        return self._step.tokens() if self._step is not None else (0, 0)
 
     def cache_bytes(self) -> int:
         return sum(a.nbytes for arrays in self.cache.values() for a in arrays)
