@@ -1,7 +1,7 @@
 """poppins against llama.cpp, and both against the C streaming-read bound, in one run.
 
     python bench/bench_llamacpp.py matvec [--kernel avx2] [--threads 1,2] [--rounds 7]
-    python bench/bench_llamacpp.py models [--variant native|avx2] [--sizes 10M,100M,400M,1B]
+    python bench/bench_llamacpp.py models [--variant native|avx2] [--sizes 10M,100M,400M,1B] [--busy 1]
 
 ``matvec``: poppins' decode matrix-vector product streaming ternary matrices that do not fit in
 the caches (about --mib MiB of weights per shape, one matrix after another, as a decode step
@@ -11,7 +11,8 @@ the bound.
 
 ``models``: llama.cpp (built by scripts/llama_cpp.sh from the pinned llama-cpp-python sdist,
 cached, skipped when it cannot be built) against poppins on same-shape models, alternating
-A B A B, at 1 and 2 threads, tg64 and pp128.
+A B A B, at 1 and 2 threads, tg64 and pp128; ``--busy 1`` runs one competing CPU-bound process
+all along (the last column: how many of poppins' two-thread decode steps ran on one thread).
 
 Every report starts with the CPU (lscpu model name), the SIMD flags the two sides used and the
 load average, because the figures are only comparable within one run on one machine.
@@ -166,7 +167,10 @@ def llama_bench(bindir: str, gguf: str, threads: int, what: str) -> float:
     return float(json.loads(r.stdout)[0]["avg_ts"])
 
 
-def poppins_run(engine, threads: int, what: str) -> float:
+def poppins_run(engine, threads: int, what: str, solo: list) -> float:
+    """tokens/s of one poppins run; for decode, appends to ``solo`` how many of its steps
+    ran on one thread (a two-thread session runs a step on one thread when that is faster at
+    the time: see POPPINS_TEAM in the README)."""
     rng = np.random.default_rng(1)
     s = engine.session(threads=threads)
     if what == "pp":
@@ -178,12 +182,25 @@ def poppins_run(engine, threads: int, what: str) -> float:
     t0 = time.perf_counter()
     for _ in range(TG):
         tok = int(np.argmax(s.forward([tok])))
-    return TG / (time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    s.keep_team_choice()          # as the API does between answers
+    solo.append(s.thread_steps[1] if threads > 1 else 0)
+    return TG / dt
+
+
+def start_busy(n: int) -> list:
+    """n competing CPU-bound processes (a busy machine), killed by stop_busy()."""
+    import subprocess
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop_busy(procs: list) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
 
 
 def cmd_models(args) -> int:
-    import tempfile
-
     from poppins.engine import kernels as K
     from poppins.engine.runtime import Engine
 
@@ -192,29 +209,44 @@ def cmd_models(args) -> int:
     kernel = K.active_kernel()
     print(header(kernel) + f"\nllama.cpp variant: {args.variant}")
     bindir = llama_cpp_bin(args.variant, args.llama)
+    busy = start_busy(args.busy)
+    try:
+        return _models(args, bindir, Engine)
+    finally:
+        stop_busy(busy)
+
+
+def _models(args, bindir, Engine) -> int:
+    import tempfile
+
+    if args.busy:
+        print(f"with {args.busy} competing CPU-bound process{'es' if args.busy > 1 else ''} "
+              "running all along")
     sr = _stream.load()
     buf = sr.buffer(512 << 20)
     threads = [int(t) for t in args.threads.split(",")]
     work = args.dir or tempfile.mkdtemp(prefix="poppins-bench-llamacpp-")
     print(f"{'model':>5} {'thr':>3} {'what':>4} {'poppins':>9} {'llama.cpp':>9} {'ratio':>6} "
-          f"{'C read GB/s':>11} {'pop share':>9} {'MiB/tok':>7}")
+          f"{'C read GB/s':>11} {'pop share':>9} {'MiB/tok':>7} {'1-thr steps':>11}")
     for size in args.sizes.split(","):
         pp_path, gg_path = build_models(work, size)
         for t in threads:
             engine = Engine.load(pp_path, threads=t, verify=False)
             nbytes = engine.weight_bytes_per_token()
             for what in ("tg", "pp"):
-                ours, theirs, bw = [], [], []
+                ours, theirs, bw, solo = [], [], [], []
                 for _ in range(args.rounds):
                     if bindir:
                         theirs.append(llama_bench(bindir, str(gg_path), t, what))
-                    ours.append(poppins_run(engine, t, what))
+                    ours.append(poppins_run(engine, t, what, solo))
                     bw.append(sr.gbps(buf, t))
                 po, b = statistics.median(ours), statistics.median(bw)
                 th = statistics.median(theirs) if theirs else float("nan")
                 share = po * nbytes / (b * 1e9) if what == "tg" else float("nan")
                 print(f"{size:>5} {t:>3} {what}{TG if what == 'tg' else PP:<3} {po:>8.1f} {th:>9.1f} "
-                      f"{po / th:>6.2f} {b:>11.2f} {share:>9.2f} {nbytes / 2**20:>7.1f}", flush=True)
+                      f"{po / th:>6.2f} {b:>11.2f} {share:>9.2f} {nbytes / 2**20:>7.1f} "
+                      f"{(f'{sum(solo)}/{len(solo) * TG}' if solo and t > 1 else '-'):>11}",
+                      flush=True)
             del engine
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
@@ -237,6 +269,8 @@ def main(argv=None) -> int:
     md.add_argument("--llama", default="build", choices=["build", "check", "skip"],
                     help="build llama.cpp if needed (default), only use a cached build, or skip it")
     md.add_argument("--dir", default=None, help="where the models are written (kept)")
+    md.add_argument("--busy", type=int, default=0,
+                    help="run N competing CPU-bound processes all along (a busy machine)")
     args = ap.parse_args(argv)
     from poppins.errors import PoppinsError
     try:
