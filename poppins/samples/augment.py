@@ -15,11 +15,9 @@ variants do not depend on the order of the others.  Four families:
 * **surface forms**: ``surface_forms`` variants of every training prompt (default
   :func:`auto_surface_forms`: more per prompt for a small file): case, punctuation,
   typos (dropped, doubled, swapped letters), contractions, filler, spacing, an aside (a
-  sentence of context before or after), a synonym of a generic word (``_SYNONYMS``) or of
-  a common content word (the built-in lexicon, :mod:`poppins.samples.lexicon`: "kids" /
-  "children"), a dropped function word, and a keyword query (the prompt's content words in
-  a generic frame, where one of them belongs to no other answer: :func:`keyword_forms`);
-  and, besides them, one
+  sentence of context before or after), a synonym of a generic word (``_SYNONYMS``), a dropped
+  function word, and a keyword query (the prompt's content words in a generic frame, where one
+  of them belongs to no other answer: :func:`keyword_forms`); and, besides them, one
   question about a detail of the answer per :data:`DETAIL_PER_SURFACE` surface forms, rounded
   down (:func:`detail_forms`: "wifi password?" for a wifi question whose answer names the
   password).  A variant equal
@@ -37,7 +35,6 @@ variants do not depend on the order of the others.  Four families:
 """
 from __future__ import annotations
 
-import functools
 import random
 import re
 from collections import defaultdict
@@ -93,8 +90,8 @@ _ASIDES = ("I'm new to this.", "Just curious.", "Sorry if this is a basic questi
            "Help me out here.", "I need to know.", "This is for a project.",
            "I forgot again.", "My friend asked me.", "Be honest.", "I looked everywhere.",
            "It's urgent.", "Short answer is fine.", "Sorry for asking.", "One question.")
-#: Function words and phrases said either way (generic English, no topic words); the content
-#: words people swap are in :mod:`poppins.samples.lexicon` (no entry is in both).
+#: Words and phrases said either way (generic English, no topic words): a prompt's first
+#: match is replaced by another of its group.
 _SYNONYMS = (("can i", "could i", "may i"), ("how do i", "how can i", "how should i"),
              ("how do you", "how can you", "how does one"), ("can you", "could you"),
              ("do you", "does the"), ("is there", "are there"), ("get", "obtain"),
@@ -104,7 +101,7 @@ _SYNONYMS = (("can i", "could i", "may i"), ("how do i", "how can i", "how shoul
              ("choose", "pick", "select"), ("stop", "end"), ("change", "modify"),
              ("explain", "describe"), ("tell me", "show me"), ("what", "which"),
              ("a", "the"), ("i", "we"), ("my", "our"), ("you", "u"), ("allowed", "permitted"),
-             ("want", "wish"), ("keep", "hold"), ("open", "opened"),
+             ("want", "wish"), ("keep", "hold"), ("open", "opened"), ("cost", "price"),
              ("many", "much"), ("long", "much time"), ("give", "provide"), ("about", "regarding"))
 #: Words a deletion may drop (function words: the content words stay).
 _STOPWORDS = frozenset(
@@ -191,52 +188,21 @@ def _aside(p: str, r: random.Random) -> str:
     return f"{a} {p}" if r.random() < 0.3 else f"{p.rstrip()} {a}"
 
 
-@functools.lru_cache(maxsize=None)
-def _synonym_matcher() -> Tuple["re.Pattern", Dict[str, Tuple[str, ...]]]:
-    """One pattern for every entry of ``_SYNONYMS`` and the lexicon (whole words, any case,
-    any spacing between the words of a phrase; at each position the longest entry), and each
-    entry's group."""
-    from .lexicon import GROUPS
-    groups = {w: g for g in _SYNONYMS + GROUPS for w in g}
-    alts = "|".join(r"\s+".join(map(re.escape, w.split()))
-                    for w in sorted(groups, key=lambda w: (-len(w), w)))
-    return re.compile(rf"(?=\b({alts})\b)", re.IGNORECASE), groups
-
-
-def _match_case(src: str, rep: str, p: str, start: int) -> str:
-    """``rep`` in the case of the text it replaces: all caps stays all caps, a capital first
-    letter stays capital (the pronoun "I" only at the start of a sentence), and the pronoun
-    "i" in ``rep`` is written "I" unless ``p`` is all lower case."""
-    letters = [c for c in (src if len(src) > 1 else p) if c.isalpha()]
-    if len(letters) > 1 and all(c.isupper() for c in letters):
-        return rep.upper()
-    if p != p.lower():
-        rep = re.sub(r"\bi\b", "I", rep)
-    sentence_start = not p[:start].strip() or p[:start].rstrip()[-1] in ".?!"
-    if src[:1].isupper() and (sentence_start or not re.match(r"I\b", src)):
-        rep = rep[:1].upper() + rep[1:]
-    return rep
-
-
 def _synonym(p: str, r: random.Random) -> str:
-    """A word or phrase of ``p`` (a function phrase of ``_SYNONYMS`` or a lexicon entry)
-    replaced by another of its group, longest matches first ("opening times", not
-    "times"), in the case of the text it replaces."""
-    pattern, groups = _synonym_matcher()
-    found = []
-    for m in pattern.finditer(p):
-        w = " ".join(m.group(1).lower().split())
-        if w in groups:
-            found.append((m.start(1), m.end(1), w))
-    hits: List[Tuple[int, int, str]] = []
-    for a, b, w in sorted(found, key=lambda h: (h[0] - h[1], h[0])):   # longest first
-        if all(b <= x or a >= y for x, y, _ in hits):
-            hits.append((a, b, w))
+    low = p.lower()
+    hits = []
+    for group in _SYNONYMS:
+        for w in group:
+            m = re.search(rf"\b{re.escape(w)}\b", low)
+            if m:
+                hits.append((m, w, group))
     if not hits:
         return p
-    a, b, w = r.choice(sorted(hits))
-    rep = r.choice([g for g in groups[w] if g != w])
-    return p[:a] + _match_case(p[a:b], rep, p, a) + p[b:]
+    m, w, group = r.choice(hits)
+    rep = r.choice([g for g in group if g != w])
+    if m.start() == 0 and p[:1].isupper():
+        rep = rep[:1].upper() + rep[1:]
+    return p[:m.start()] + rep + p[m.end():]
 
 
 def _deletion(p: str, r: random.Random) -> str:
