@@ -202,7 +202,6 @@ def stop_busy(procs: list) -> None:
 
 def cmd_models(args) -> int:
     from poppins.engine import kernels as K
-    from poppins.engine.runtime import Engine
 
     if args.variant == "avx2":
         os.environ["POPPINS_KERNEL"] = "avx2"
@@ -211,13 +210,15 @@ def cmd_models(args) -> int:
     bindir = llama_cpp_bin(args.variant, args.llama)
     busy = start_busy(args.busy)
     try:
-        return _models(args, bindir, Engine)
+        return _models(args, bindir)
     finally:
         stop_busy(busy)
 
 
-def _models(args, bindir, Engine) -> int:
+def _models(args, bindir) -> int:
     import tempfile
+
+    from poppins.engine.runtime import Engine
 
     if args.busy:
         print(f"with {args.busy} competing CPU-bound process{'es' if args.busy > 1 else ''} "

@@ -84,7 +84,9 @@ class Completion:
         return n / self.gen_seconds if self.gen_seconds > 0 else 0.0
 
 
-def _thread_use(sess) -> dict:
+def _session_done(sess) -> dict:
+    """An answer's session is finished: hand its team choice to the engine's next sessions;
+    the Completion fields of its thread use."""
     sess.keep_team_choice()
     return {"threads": sess.threads,
             "one_thread_steps": sess.thread_steps[1] if sess.threads > 1 else 0}
@@ -360,7 +362,7 @@ class Model:
             yield None, Completion(text=render.text(final=True), tokens=out,
                                    prompt_tokens=len(ids), stop_reason=reason,
                                    prompt_seconds=t1 - t0, gen_seconds=t2 - t1,
-                                   seed=sampler.seed, note=note, **_thread_use(sess))
+                                   seed=sampler.seed, note=note, **_session_done(sess))
             return
         record(logits, t)
         while True:
@@ -415,7 +417,7 @@ class Model:
         yield None, Completion(text=text, tokens=out, prompt_tokens=len(ids),
                                stop_reason=reason, prompt_seconds=t1 - t0,
                                gen_seconds=t2 - t1, seed=sampler.seed, note=note,
-                               logprobs=lp, **_thread_use(sess))
+                               logprobs=lp, **_session_done(sess))
 
     def complete(self, prompt: str, **kw) -> Completion:
         """The answer with its tokens, stop reason and timings (not streamed: the compiled

@@ -587,17 +587,18 @@ cdef class DecodeSession:
         eng_session_fixed_team(self.S, fixed)
 
     def choice(self):
-        """The team chooser's state (a tuple of 5 ints), for a later session's set_choice."""
-        cdef int64_t c[5]
+        """The team chooser's state (a tuple of ENG_CHOICE_N ints), for a later session's
+        set_choice."""
+        cdef int64_t c[ENG_CHOICE_N]
         eng_session_choice(self.S, c)
-        return tuple(int(c[i]) for i in range(5))
+        return tuple(int(c[i]) for i in range(ENG_CHOICE_N))
 
     def set_choice(self, tuple state):
-        cdef int64_t c[5]
+        cdef int64_t c[ENG_CHOICE_N]
         cdef int i
-        if len(state) != 5:
-            raise ValueError("decode session: a team choice is 5 integers")
-        for i in range(5):
+        if len(state) != ENG_CHOICE_N:
+            raise ValueError(f"decode session: a team choice is {ENG_CHOICE_N} integers")
+        for i in range(ENG_CHOICE_N):
             c[i] = state[i]
         eng_session_set_choice(self.S, c)
 

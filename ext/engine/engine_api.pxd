@@ -69,6 +69,7 @@ cdef extern from "engine_step.h" nogil:
                         float *logits, int threads)
     void eng_session_tokens(const eng_session *S, int64_t *team, int64_t *solo)
     void eng_session_fixed_team(eng_session *S, int fixed)
+    enum: ENG_CHOICE_N
     void eng_session_choice(const eng_session *S, int64_t *c)
     void eng_session_set_choice(eng_session *S, const int64_t *c)
 

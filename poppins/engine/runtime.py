@@ -307,9 +307,9 @@ class Session:
     @property
     def thread_steps(self) -> Tuple[int, int]:
         """(compiled decode steps run by a team of ``threads`` threads, steps run by one
-        thread): with threads > 1 a step runs on one thread while the machine is
-        oversubscribed (a thread of the team was descheduled in a recent step; see
-        eng_decode_step in ext/engine/engine_step.c).  (0, 0) on the Python path."""
+        thread): with threads > 1 and the "auto" team policy a step runs on whichever is faster
+        at the time (see eng_decode_step in ext/engine/engine_step.c).  (0, 0) on the Python
+        path."""
         return self._step.tokens() if self._step is not None else (0, 0)
 
     def cache_bytes(self) -> int:
