@@ -355,3 +355,50 @@ def test_detail_forms_are_added_for_in_scope_prompts_not_the_refusal():
     assert surface_details
     assert not [s for s in extra if s.variant == "augment:surface" and s.items == refusal
                 and s.prompt in surface_details]
+
+
+def test_lexicon_groups_are_distinct_lowercase_and_apart_from_the_function_phrases():
+    from poppins.samples.lexicon import GROUPS, lookup_index
+    entries = [w for g in GROUPS for w in g]
+    assert 300 <= len(GROUPS) <= 500
+    assert len(entries) == len(set(entries))            # no entry in two groups
+    for g in GROUPS:
+        assert 2 <= len(set(g)) == len(g) <= 5, g
+        assert all(w == w.lower() == " ".join(w.split()) and 1 <= len(w.split()) <= 3
+                   for w in g), g
+    assert not set(entries) & {w for g in A._SYNONYMS for w in g}   # one definition each
+    index = lookup_index()
+    assert index["kids"] == ("kids", "children") and index is lookup_index()
+    assert set(index) == set(entries)
+
+
+def test_lexicon_swaps_content_words_longest_first_in_the_same_case():
+    import random
+    got = {A._lexicon("Are kids allowed in?", random.Random(k)) for k in range(30)}
+    assert got == {"Are children allowed in?"}
+    for k in range(5):   # seeded: the same prompt and Random state give the same variant
+        assert A._lexicon("Where do kids play?", random.Random(k)) == \
+            A._lexicon("Where do kids play?", random.Random(k))
+    assert {A._lexicon("Kids welcome?", random.Random(k)) for k in range(5)} \
+        == {"Children welcome?"}
+    assert {A._lexicon("KIDS WELCOME?", random.Random(k)) for k in range(5)} \
+        == {"CHILDREN WELCOME?"}
+    # longest match first: "opening hours" and "car park" are phrases of their own, never
+    # "opening <a synonym of hours>" nor "vehicle park"
+    hours = {A._lexicon("Opening hours?", random.Random(k)) for k in range(30)}
+    assert hours == {"Hours?", "Opening times?", "Business hours?", "Working hours?"}
+    parks = {A._lexicon("Where is the car park?", random.Random(k)) for k in range(30)}
+    assert "Where is the parking lot?" in parks and not [p for p in parks if "vehicle" in p]
+    assert A._lexicon("Zebras xylophone qwerty.", random.Random(1)) == \
+        "Zebras xylophone qwerty."
+
+
+def test_the_lexicon_family_is_drawn_only_for_files_with_many_surface_forms():
+    few, many = A.LEXICON_MIN_FORMS - 1, A.LEXICON_MIN_FORMS
+    assert "lexicon" not in A.surface_families(few)
+    assert A.surface_families(many) == sorted(A.FAMILIES)
+    prompt = "Are kids allowed in the car park on weekends?"
+    lexical = {"children", "parking lot", "parking garage", "saturdays"}
+    assert not [v for v in A.surface_variants(prompt, few, 7)
+                if any(w in v.lower() for w in lexical)]
+    assert [v for v in A.surface_variants(prompt, 24, 7) if any(w in v.lower() for w in lexical)]

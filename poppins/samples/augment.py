@@ -16,7 +16,9 @@ variants do not depend on the order of the others.  Four families:
   :func:`auto_surface_forms`: more per prompt for a small file): case, punctuation,
   typos (dropped, doubled, swapped letters), contractions, filler, spacing, an aside (a
   sentence of context before or after), a synonym of a generic word (``_SYNONYMS``), a dropped
-  function word, and a keyword query (the prompt's content words in a generic frame, where one
+  function word, for a file with :data:`LEXICON_MIN_FORMS` forms or more a synonym of a common
+  content word (the built-in lexicon, :mod:`poppins.samples.lexicon`: "kids" / "children"),
+  and a keyword query (the prompt's content words in a generic frame, where one
   of them belongs to no other answer: :func:`keyword_forms`); and, besides them, one
   question about a detail of the answer per :data:`DETAIL_PER_SURFACE` surface forms, rounded
   down (:func:`detail_forms`: "wifi password?" for a wifi question whose answer names the
@@ -35,6 +37,7 @@ variants do not depend on the order of the others.  Four families:
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import defaultdict
@@ -205,6 +208,47 @@ def _synonym(p: str, r: random.Random) -> str:
     return p[:m.start()] + rep + p[m.end():]
 
 
+@functools.lru_cache(maxsize=None)
+def _lexicon_pattern() -> "re.Pattern":
+    """One pattern for every lexicon entry (whole words, any case, any spacing between the
+    words of a phrase; at each position the longest entry first)."""
+    from .lexicon import lookup_index
+    alts = "|".join(r"\s+".join(map(re.escape, w.split()))
+                    for w in sorted(lookup_index(), key=lambda w: (-len(w), w)))
+    return re.compile(rf"(?=\b({alts})\b)", re.IGNORECASE)
+
+
+def _match_case(src: str, rep: str, p: str, start: int) -> str:
+    """``rep`` in the case of ``src``, the text of ``p`` at ``start`` it replaces: all caps
+    stays all caps, a capital first letter stays capital."""
+    letters = [c for c in (src if len(src) > 1 else p) if c.isalpha()]
+    if len(letters) > 1 and all(c.isupper() for c in letters):
+        return rep.upper()
+    return rep[:1].upper() + rep[1:] if src[:1].isupper() else rep
+
+
+def _lexicon(p: str, r: random.Random) -> str:
+    """A content word or phrase of ``p`` (an entry of :mod:`poppins.samples.lexicon`)
+    replaced by another of its group, longest matches first ("opening times", not
+    "times"), in the case of the text it replaces."""
+    from .lexicon import lookup_index
+    index = lookup_index()
+    found = []
+    for m in _lexicon_pattern().finditer(p):
+        w = " ".join(m.group(1).lower().split())
+        if w in index:
+            found.append((m.start(1), m.end(1), w))
+    hits: List[Tuple[int, int, str]] = []
+    for a, b, w in sorted(found, key=lambda h: (h[0] - h[1], h[0])):   # longest first
+        if all(b <= x or a >= y for x, y, _ in hits):
+            hits.append((a, b, w))
+    if not hits:
+        return p
+    a, b, w = r.choice(sorted(hits))
+    rep = r.choice([g for g in index[w] if g != w])
+    return p[:a] + _match_case(p[a:b], rep, p, a) + p[b:]
+
+
 def _deletion(p: str, r: random.Random) -> str:
     words = list(re.finditer(r"[A-Za-z']+", p))
     spots = [m for m in words if m.group().lower() in _STOPWORDS]
@@ -218,16 +262,30 @@ def _deletion(p: str, r: random.Random) -> str:
 #: The training surface families (eval's unseen variants use others).
 FAMILIES = {"case": _case, "punctuation": _punct, "typo": _typo, "contraction": _contraction,
             "filler": _filler, "spacing": _spacing, "aside": _aside, "synonym": _synonym,
-            "deletion": _deletion}
+            "deletion": _deletion, "lexicon": _lexicon}
 #: How often each family is drawn (1 if not named): a sentence said before or after the
 #: question is what users add most, and typos break a word's tokens the most.
-FAMILY_WEIGHTS = {"aside": 3, "typo": 2}
+FAMILY_WEIGHTS = {"aside": 3, "typo": 2, "lexicon": 3}
+#: The lexicon family (content words: "kids" / "children") only for a file with this many
+#: surface forms per prompt or more: a small file, whose few wordings are all a model sees
+#: (tests/data/eval/small, 12 forms, seeds 1-3, weight 3: paraphrases 50 -> 58%, validation
+#: 62 -> 67%, wrongly refused 8.7 -> 6.4%, off-topic refused 84 -> 89%; weight 1: paraphrases
+#: 52%); with 3 forms per prompt it
+#: replaces a third of a prompt's wordings, and the built-in example (3 forms) was no longer
+#: learned within its plan (368/370 answers at its default seed).
+LEXICON_MIN_FORMS = 6
+
+
+def surface_families(n: int) -> List[str]:
+    """The families drawn for ``n`` surface forms per prompt, sorted (lexicon from
+    :data:`LEXICON_MIN_FORMS` on)."""
+    return sorted(f for f in FAMILIES if f != "lexicon" or n >= LEXICON_MIN_FORMS)
 
 
 def surface_variants(prompt: str, n: int, seed: int) -> List[str]:
     """Up to ``n`` distinct variants of ``prompt`` (each one or two families), seeded."""
     out: List[str] = []
-    names = sorted(FAMILIES)
+    names = surface_families(n)
     weights = [FAMILY_WEIGHTS.get(f, 1) for f in names]
     for k in range(4 * n):
         if len(out) >= n:
