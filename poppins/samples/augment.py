@@ -218,9 +218,9 @@ def _lexicon_pattern() -> "re.Pattern":
     return re.compile(rf"(?=\b({alts})\b)", re.IGNORECASE)
 
 
-def _match_case(src: str, rep: str, p: str, start: int) -> str:
-    """``rep`` in the case of ``src``, the text of ``p`` at ``start`` it replaces: all caps
-    stays all caps, a capital first letter stays capital."""
+def _match_case(src: str, rep: str, p: str) -> str:
+    """``rep`` in the case of ``src``, the text of ``p`` it replaces: all caps stays all caps
+    (a one-letter ``src`` is judged by the whole of ``p``), a capital first letter stays."""
     letters = [c for c in (src if len(src) > 1 else p) if c.isalpha()]
     if len(letters) > 1 and all(c.isupper() for c in letters):
         return rep.upper()
@@ -236,7 +236,7 @@ def _lexicon(p: str, r: random.Random) -> str:
     found = []
     for m in _lexicon_pattern().finditer(p):
         w = " ".join(m.group(1).lower().split())
-        if w in index:
+        if w in index:   # not always: IGNORECASE also matches "ſ" (long s) for "s"
             found.append((m.start(1), m.end(1), w))
     hits: List[Tuple[int, int, str]] = []
     for a, b, w in sorted(found, key=lambda h: (h[0] - h[1], h[0])):   # longest first
@@ -246,7 +246,7 @@ def _lexicon(p: str, r: random.Random) -> str:
         return p
     a, b, w = r.choice(sorted(hits))
     rep = r.choice([g for g in index[w] if g != w])
-    return p[:a] + _match_case(p[a:b], rep, p, a) + p[b:]
+    return p[:a] + _match_case(p[a:b], rep, p) + p[b:]
 
 
 def _deletion(p: str, r: random.Random) -> str:
@@ -270,9 +270,8 @@ FAMILY_WEIGHTS = {"aside": 3, "typo": 2, "lexicon": 3}
 #: surface forms per prompt or more: a small file, whose few wordings are all a model sees
 #: (tests/data/eval/small, 12 forms, seeds 1-3, weight 3: paraphrases 50 -> 58%, validation
 #: 62 -> 67%, wrongly refused 8.7 -> 6.4%, off-topic refused 84 -> 89%; weight 1: paraphrases
-#: 52%); with 3 forms per prompt it
-#: replaces a third of a prompt's wordings, and the built-in example (3 forms) was no longer
-#: learned within its plan (368/370 answers at its default seed).
+#: 52%); with 3 forms per prompt it replaces a third of a prompt's wordings, and the built-in
+#: example (3 forms) was no longer learned within its plan (368/370 answers, default seed).
 LEXICON_MIN_FORMS = 6
 
 
